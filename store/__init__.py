@@ -1,0 +1,31 @@
+"""The DuckDB store: schema, migrations and the Python API. The only place in the project where SQL lives.
+
+    from store import Store
+    store = Store("data/prefloop.duckdb")
+    store.add_prompts([PromptIn([{"role": "user", "content": "Hi"}], source="seed")])
+"""
+
+from store.db import StoreBusy, StoreError
+from store.labels import CHOICES, Annotator, Judgment, LabelsMixin
+from store.prompts import AddSummary, PairIn, PromptIn, PromptsMixin, ResponseIn
+from store.runs import RunsMixin
+from store.store import BaseStore, latest_version
+
+
+class Store(PromptsMixin, LabelsMixin, RunsMixin, BaseStore):
+    """All entity operations over one database file; every method is one short transaction."""
+
+
+__all__ = [
+    "CHOICES",
+    "AddSummary",
+    "Annotator",
+    "Judgment",
+    "PairIn",
+    "PromptIn",
+    "ResponseIn",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "latest_version",
+]

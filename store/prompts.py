@@ -1,0 +1,229 @@
+"""Prompts, responses and pairs: what gets labeled."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from store.store import canonical_json, rows_as_dicts, sha256_hex, utcnow
+
+Messages = list[dict]
+
+
+def prompt_hash(messages: Messages) -> str:
+    return sha256_hex(canonical_json([{"role": m["role"], "content": m["content"]} for m in messages]))
+
+
+def split_for(content_hash: str, heldout_fraction: float) -> str:
+    """The prompt's split, a pure function of its content, so it is the same in every database and never changes."""
+    return "heldout" if int(content_hash[:8], 16) / 0x1_0000_0000 < heldout_fraction else "train"
+
+
+def pair_hash(prompt_content_hash: str, text_1: str, text_2: str) -> str:
+    """Order-independent: the same two texts for the same prompt are one pair, whichever is called a."""
+    first, second = sorted([text_1, text_2])
+    return sha256_hex(canonical_json([prompt_content_hash, first, second]))
+
+
+@dataclass
+class PromptIn:
+    messages: Messages
+    source: str
+
+
+@dataclass
+class PairIn:
+    """A labeled pair from outside (an import): the prompt, the preferred and the other response."""
+
+    messages: Messages
+    chosen: str
+    rejected: str
+    source: str
+
+
+@dataclass
+class ResponseIn:
+    prompt_id: int
+    checkpoint_id: int | None
+    text: str
+    sampling: dict
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str  # 'stop', 'length' or 'imported'
+
+
+@dataclass
+class AddSummary:
+    inserted: int = 0
+    duplicates: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], returning: str = "id") -> list:
+    """Bulk insert through an Arrow table (one statement, however many rows); returns the `returning` column."""
+    if not rows:
+        return []
+    batch = pa.Table.from_pylist(rows)  # noqa: F841 - referenced by name in the SQL below
+    columns = ", ".join(rows[0].keys())
+    # Table and column names come from this module, never from input; values travel as Arrow data.
+    result = con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM batch RETURNING {returning}")
+    return [r[0] for r in result.fetchall()]
+
+
+class PromptsMixin:
+    heldout_fraction: float = 0.1
+
+    def add_prompts(self, items: list[PromptIn]) -> AddSummary:
+        """Insert new prompts in one transaction; prompts already stored (same messages) are counted, not added."""
+        with self.transaction("add prompts") as con:
+            return _add_prompts(con, items, self.heldout_fraction)
+
+    def add_imported_pairs(self, items: list[PairIn], source: str) -> AddSummary:
+        """Store labeled pairs as prompts, responses, a pair and a judgment by the annotator `import:<source>`.
+
+        One transaction: either every new pair is stored or none. Pairs already stored are counted as duplicates.
+        """
+        now = utcnow()
+        with self.transaction(f"import pairs from {source}") as con:
+            annotator_id = self._ensure_annotator(con, f"import:{source}", "import")
+            _add_prompts(con, [PromptIn(i.messages, source) for i in items], self.heldout_fraction)
+            hashes = [prompt_hash(i.messages) for i in items]
+            prompt_ids = dict(
+                con.execute(
+                    "SELECT content_hash, id FROM prompts WHERE content_hash IN (SELECT unnest(?))", [hashes]
+                ).fetchall()
+            )
+            summary = AddSummary()
+            seen: set[str] = set()
+            wanted = []
+            for item, p_hash in zip(items, hashes):
+                key = pair_hash(p_hash, item.chosen, item.rejected)
+                if key in seen:
+                    summary.duplicates += 1
+                    continue
+                seen.add(key)
+                wanted.append((item, p_hash, key))
+            existing = {
+                r[0]
+                for r in con.execute(
+                    "SELECT content_hash FROM pairs WHERE content_hash IN (SELECT unnest(?))", [[w[2] for w in wanted]]
+                ).fetchall()
+            }
+            for item, p_hash, key in wanted:
+                if key in existing:
+                    summary.duplicates += 1
+                    continue
+                response_ids = insert_rows(
+                    con,
+                    "responses",
+                    [
+                        dict(prompt_id=prompt_ids[p_hash], text=text, finish_reason="imported", created_at=now)
+                        for text in (item.chosen, item.rejected)
+                    ],
+                )
+                (pair_id,) = insert_rows(
+                    con,
+                    "pairs",
+                    [
+                        dict(
+                            prompt_id=prompt_ids[p_hash],
+                            response_a_id=response_ids[0],
+                            response_b_id=response_ids[1],
+                            strategy="import",
+                            status="complete",
+                            content_hash=key,
+                            created_at=now,
+                        )
+                    ],
+                )
+                con.execute(
+                    "INSERT INTO judgments (pair_id, annotator_id, choice, created_at, updated_at) "
+                    "VALUES (?, ?, 'a', ?, ?)",
+                    [pair_id, annotator_id, now, now],
+                )
+                summary.inserted += 1
+                summary.ids.append(pair_id)
+            return summary
+
+    def get_prompts(self, ids: list[int]) -> list[dict]:
+        with self.transaction("read prompts") as con:
+            rows = rows_as_dicts(
+                con.execute("SELECT * FROM prompts WHERE id IN (SELECT unnest(?)) ORDER BY id", [list(ids)])
+            )
+        for row in rows:
+            row["messages"] = json.loads(row["messages"])
+        return rows
+
+    def list_prompts(self, split: str | None = None, limit: int | None = None) -> list[dict]:
+        with self.transaction("list prompts") as con:
+            rows = rows_as_dicts(
+                con.execute(
+                    "SELECT * FROM prompts WHERE (? IS NULL OR split = ?) ORDER BY id LIMIT ?",
+                    [split, split, limit if limit is not None else 2**62],
+                )
+            )
+        for row in rows:
+            row["messages"] = json.loads(row["messages"])
+        return rows
+
+    def add_responses(self, items: list[ResponseIn]) -> list[int]:
+        now = utcnow()
+        with self.transaction("add responses") as con:
+            return insert_rows(
+                con,
+                "responses",
+                [
+                    dict(
+                        prompt_id=r.prompt_id,
+                        checkpoint_id=r.checkpoint_id,
+                        text=r.text,
+                        sampling=canonical_json(r.sampling),
+                        prompt_tokens=r.prompt_tokens,
+                        completion_tokens=r.completion_tokens,
+                        finish_reason=r.finish_reason,
+                        created_at=now,
+                    )
+                    for r in items
+                ],
+            )
+
+
+def _add_prompts(con: duckdb.DuckDBPyConnection, items: list[PromptIn], heldout_fraction: float) -> AddSummary:
+    summary = AddSummary()
+    if not items:
+        return summary
+    by_hash: dict[str, PromptIn] = {}
+    for item in items:
+        key = prompt_hash(item.messages)
+        if key in by_hash:
+            summary.duplicates += 1
+        else:
+            by_hash[key] = item
+    existing = {
+        r[0]
+        for r in con.execute(
+            "SELECT content_hash FROM prompts WHERE content_hash IN (SELECT unnest(?))", [list(by_hash)]
+        ).fetchall()
+    }
+    summary.duplicates += len(existing)
+    now = utcnow()
+    summary.ids = insert_rows(
+        con,
+        "prompts",
+        [
+            dict(
+                messages=canonical_json([{"role": m["role"], "content": m["content"]} for m in item.messages]),
+                source=item.source,
+                content_hash=key,
+                split=split_for(key, heldout_fraction),
+                created_at=now,
+            )
+            for key, item in by_hash.items()
+            if key not in existing
+        ],
+    )
+    summary.inserted = len(summary.ids)
+    return summary

@@ -1,0 +1,31 @@
+"""Shared fixtures: a fresh DuckDB file per test and a tiny random chat model (seconds to build, no hub)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from store import Store
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "test.duckdb"
+
+
+@pytest.fixture
+def store(db_path):
+    return Store(db_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer Llama with a byte-level BPE tokenizer and a ChatML template, saved as an HF checkpoint."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
