@@ -17,7 +17,7 @@ export PREFLOOP_DB := $(DB)
 help:
 	@echo "make run    - set up everything (venv, embedded model, seed prompts) and start the app"
 	@echo "make test   - install and run the test suite"
-	@echo "Other targets: setup model seed label generate export round train-sft train-rm train-dpo merge eval status"
+	@echo "Other targets: setup model seed label generate export round train-sft train-rm train-dpo train-ppo train-rloo merge eval status"
 
 # Idempotent: re-runs pip only when pyproject.toml changed. On a machine without a GPU the CPU torch wheel is
 # installed first and pinned with a constraint, so resolving the rest never swaps it for a CUDA build.
@@ -44,11 +44,61 @@ model: setup
 seed: setup
 	$(CLI) --db $(DB) import store/seeds/prompts.jsonl --kind prompts --source seed
 
+# A round is the checkpoint that generates candidates: `make round` starts the next from the newest checkpoint.
+round: setup
+	$(CLI) --db $(DB) round new $(ARGS)
+
+generate: setup
+	$(CLI) --db $(DB) generate --config $(or $(CONFIG),configs/generate.yaml) $(ARGS)
+
+export: setup
+	$(CLI) --db $(DB) export --config $(or $(CONFIG),configs/export.yaml) $(ARGS)
+
+# Evaluate the newest checkpoints (ARGS="--all" for every round, "--table" to print stored results).
+eval: setup
+	$(CLI) --db $(DB) eval $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+# LoRA training on the newest export; CONFIG defaults to configs/<algorithm>.yaml, ARGS="--resume" continues a run.
+train-sft: setup
+	$(CLI) --db $(DB) train-sft --config $(or $(CONFIG),configs/sft.yaml) $(ARGS)
+
+train-rm: setup
+	$(CLI) --db $(DB) train-rm --config $(or $(CONFIG),configs/reward.yaml) $(ARGS)
+
+train-dpo: setup
+	$(CLI) --db $(DB) train-dpo --config $(or $(CONFIG),configs/dpo.yaml) $(ARGS)
+
+# RL against the newest reward model: PPO (training/ppo.py) or TRL's RLOO, from the newest policy checkpoint.
+train-ppo: setup
+	$(CLI) --db $(DB) train-ppo --config $(or $(CONFIG),configs/ppo.yaml) $(ARGS)
+
+train-rloo: setup
+	$(CLI) --db $(DB) train-rloo --config $(or $(CONFIG),configs/rloo.yaml) $(ARGS)
+
+# A 16-bit HF checkpoint of a registered adapter: make merge CHECKPOINT=7
+merge: setup
+	$(CLI) --db $(DB) merge $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
+
+# The whole loop headless: make loop-sim ROUNDS=3 JUDGE=training.judges:contains_word NAME=my-loop
+ROUNDS ?= 3
+JUDGE ?= training.judges:shorter
+NAME ?= loop-sim
+loop-sim: setup model
+	$(CLI) --db $(DB) loop-sim --rounds $(ROUNDS) --judge $(JUDGE) --name $(NAME) $(ARGS)
+
 status: setup
 	$(CLI) --db $(DB) status
 
 run: setup model seed
+	$(CLI) --db $(DB) round new --if-none
+	$(CLI) --db $(DB) generate --if-no-pairs --num-prompts 16 --max-new-tokens 128
 	$(CLI) --db $(DB) status
+	$(CLI) --db $(DB) demo-admin
+	$(MAKE) --no-print-directory label
+
+# The labeling app on http://127.0.0.1:8501 (PREFLOOP_DB, exported above, tells it which database to use).
+label: setup
+	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)

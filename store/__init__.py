@@ -6,13 +6,16 @@
 """
 
 from store.db import StoreBusy, StoreError
+from store.evaluation import EvaluationMixin
+from store.generation import Candidates, CandidatesSummary, GenerationMixin
 from store.labels import CHOICES, Annotator, Judgment, LabelsMixin
 from store.prompts import AddSummary, PairIn, PromptIn, PromptsMixin, ResponseIn
+from store.review import ReviewMixin
 from store.runs import RunsMixin
 from store.store import BaseStore, latest_version
 
 
-class Store(PromptsMixin, LabelsMixin, RunsMixin, BaseStore):
+class Store(PromptsMixin, LabelsMixin, RunsMixin, GenerationMixin, ReviewMixin, EvaluationMixin, BaseStore):
     """All entity operations over one database file; every method is one short transaction."""
 
 
@@ -20,6 +23,8 @@ __all__ = [
     "CHOICES",
     "AddSummary",
     "Annotator",
+    "Candidates",
+    "CandidatesSummary",
     "Judgment",
     "PairIn",
     "PromptIn",

@@ -73,6 +73,11 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], re
     return [r[0] for r in result.fetchall()]
 
 
+def next_ids(con: duckdb.DuckDBPyConnection, sequence: str, n: int) -> list[int]:
+    """Reserve n ids, so rows and the rows that reference them are linked without relying on RETURNING order."""
+    return [r[0] for r in con.execute(f"SELECT nextval('{sequence}') FROM range(?)", [n]).fetchall()]
+
+
 class PromptsMixin:
     heldout_fraction: float = 0.1
 
@@ -96,56 +101,61 @@ class PromptsMixin:
                     "SELECT content_hash, id FROM prompts WHERE content_hash IN (SELECT unnest(?))", [hashes]
                 ).fetchall()
             )
-            summary = AddSummary()
-            seen: set[str] = set()
-            wanted = []
+            unique: dict[str, tuple[PairIn, str]] = {}
             for item, p_hash in zip(items, hashes):
-                key = pair_hash(p_hash, item.chosen, item.rejected)
-                if key in seen:
-                    summary.duplicates += 1
-                    continue
-                seen.add(key)
-                wanted.append((item, p_hash, key))
+                unique.setdefault(pair_hash(p_hash, item.chosen, item.rejected), (item, p_hash))
             existing = {
                 r[0]
                 for r in con.execute(
-                    "SELECT content_hash FROM pairs WHERE content_hash IN (SELECT unnest(?))", [[w[2] for w in wanted]]
+                    "SELECT content_hash FROM pairs WHERE content_hash IN (SELECT unnest(?))", [list(unique)]
                 ).fetchall()
             }
-            for item, p_hash, key in wanted:
-                if key in existing:
-                    summary.duplicates += 1
-                    continue
-                response_ids = insert_rows(
-                    con,
-                    "responses",
-                    [
-                        dict(prompt_id=prompt_ids[p_hash], text=text, finish_reason="imported", created_at=now)
-                        for text in (item.chosen, item.rejected)
-                    ],
-                )
-                (pair_id,) = insert_rows(
-                    con,
-                    "pairs",
-                    [
-                        dict(
-                            prompt_id=prompt_ids[p_hash],
-                            response_a_id=response_ids[0],
-                            response_b_id=response_ids[1],
-                            strategy="import",
-                            status="complete",
-                            content_hash=key,
-                            created_at=now,
-                        )
-                    ],
-                )
-                con.execute(
-                    "INSERT INTO judgments (pair_id, annotator_id, choice, created_at, updated_at) "
-                    "VALUES (?, ?, 'a', ?, ?)",
-                    [pair_id, annotator_id, now, now],
-                )
-                summary.inserted += 1
-                summary.ids.append(pair_id)
+            wanted = [(key, item, p_hash) for key, (item, p_hash) in unique.items() if key not in existing]
+            summary = AddSummary(duplicates=len(items) - len(wanted))
+            if not wanted:
+                return summary
+            # Ids are drawn up front so that a few bulk inserts (not three statements per pair) can link the rows:
+            # a large file holds the database for seconds, not minutes, while the labeling UI waits.
+            chosen_ids = next_ids(con, "responses_id_seq", len(wanted))
+            rejected_ids = next_ids(con, "responses_id_seq", len(wanted))
+            summary.ids = next_ids(con, "pairs_id_seq", len(wanted))
+            insert_rows(
+                con,
+                "responses",
+                [
+                    dict(id=r_id, prompt_id=prompt_ids[p_hash], text=text, finish_reason="imported", created_at=now)
+                    for (_, item, p_hash), chosen_id, rejected_id in zip(wanted, chosen_ids, rejected_ids)
+                    for r_id, text in ((chosen_id, item.chosen), (rejected_id, item.rejected))
+                ],
+            )
+            insert_rows(
+                con,
+                "pairs",
+                [
+                    dict(
+                        id=pair_id,
+                        prompt_id=prompt_ids[p_hash],
+                        response_a_id=chosen_id,  # a is the chosen response; the import judgment says "a"
+                        response_b_id=rejected_id,
+                        strategy="import",
+                        status="complete",
+                        content_hash=key,
+                        created_at=now,
+                    )
+                    for pair_id, (key, _, p_hash), chosen_id, rejected_id in zip(
+                        summary.ids, wanted, chosen_ids, rejected_ids
+                    )
+                ],
+            )
+            insert_rows(
+                con,
+                "judgments",
+                [
+                    dict(pair_id=pair_id, annotator_id=annotator_id, choice="a", created_at=now, updated_at=now)
+                    for pair_id in summary.ids
+                ],
+            )
+            summary.inserted = len(wanted)
             return summary
 
     def get_prompts(self, ids: list[int]) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from store.db import DEFAULT_LOCK_TIMEOUT, Gate, StoreError, open_duckdb
+from store.db import DEFAULT_LOCK_TIMEOUT, Gate, StoreError, attached
 
 _migrated: set[Path] = set()
 _migrated_lock = threading.Lock()
@@ -63,11 +63,9 @@ class BaseStore:
 
     @contextmanager
     def transaction(self, purpose: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One unit of work: gate, open, BEGIN, yield, COMMIT (ROLLBACK on error), close."""
+        """One unit of work: gate, attach, BEGIN, yield, COMMIT (ROLLBACK on error), detach."""
         with self.gate.held(purpose):
-            deadline = _deadline(self.gate.lock_timeout)
-            con = open_duckdb(self.path, deadline, purpose)
-            try:
+            with attached(self.path, _deadline(self.gate.lock_timeout), purpose) as con:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
@@ -75,8 +73,6 @@ class BaseStore:
                     con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
-            finally:
-                con.close()
 
     def schema_version(self) -> int:
         with self.transaction("read schema version") as con:
@@ -116,7 +112,8 @@ class BaseStore:
 
 def _current_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_name = 'schema_migrations'"
     ).fetchone()[0]
     if not exists:
         return 0

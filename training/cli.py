@@ -23,6 +23,19 @@ DEFAULT_DB = "data/prefloop.duckdb"
 
 COMMAND_MODULES = [
     "training.commands",
+    "training.rounds",
+    "training.generate",
+    "training.export",
+    "training.evaluate",
+    "labeler.cli",
+    "training.sft",
+    "training.reward",
+    "training.dpo",
+    "training.ppo",
+    "training.rloo",
+    "training.merge",
+    "training.judges",
+    "training.loop_sim",
 ]
 
 

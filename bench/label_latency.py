@@ -1,0 +1,180 @@
+"""Label page latency: server-side time from a submit to the next pair rendered, with 1, 5 and 10 annotators at once,
+while exports run back to back.
+
+    .venv/bin/python bench/label_latency.py                          # 1, 5, 10 sessions; 40 submits each
+    .venv/bin/python bench/label_latency.py --sessions 10 --submits 100 --think 2.0 --judgments 20000
+
+What is measured: each annotator session is the real app (`streamlit_app.py`) run by Streamlit's AppTest in its own
+process (AppTest keeps global state, so one session per process). After signing in, a session waits a random "think
+time" (exponential, mean --think seconds: far faster than people, who take 10-60 s per pair), presses "A better", and
+times that script run: the button callback (`submit_judgment`, then `next_pair` leasing the next pair) and the page
+render (prompt, both responses, buttons, progress query). That is the work the server does between receiving the
+click and having sent the next pair; network and browser painting are not included. AppTest's own overhead (a fresh
+script runner per run, parsing the output) is included, so the numbers err high.
+
+Meanwhile another process runs `training.export.export` in a loop over a database holding --judgments judgments
+(built like bench/export_bench.py), so the UI competes with the export's read transaction for the database and with
+its dataset building for the 2 CPU cores. Goal: p95 <= 100 ms at 10 sessions on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.export_bench import build  # noqa: E402
+from store import Candidates, PromptIn, ResponseIn, Store  # noqa: E402
+from store.db import Gate  # noqa: E402
+
+
+def open_round(store: Store, pairs: int) -> None:
+    """A new (latest) round with `pairs` open pairs of short texts: what the annotators are served."""
+    store.add_prompts([PromptIn([{"role": "user", "content": f"Latency prompt {i}: explain step {i}."}], "latency")
+                       for i in range(pairs)])
+    prompts = [p for p in store.list_prompts() if p["source"] == "latency"]
+    checkpoint = store.register_checkpoint("base", "embedded")
+    round_id = store.new_round(checkpoint)
+    store.add_candidates(round_id, "samples", [
+        Candidates(p["id"], [ResponseIn(p["id"], checkpoint, f"Answer {k} to prompt {p['id']}: " + "word " * 150,
+                                        {}, 10, 150, "stop") for k in range(2)], [(0, 1)])
+        for p in prompts
+    ])
+
+
+def _record_gate_waits() -> list[float]:
+    """Wrap the store's cross-process lock so this process records how long each transaction waited for it."""
+    waits = []
+    held = Gate.held
+
+    @contextmanager
+    def recorded(self, purpose):
+        with held(self, purpose) as waited:
+            waits.append(waited)
+            yield waited
+
+    Gate.held = recorded
+    return waits
+
+
+def session(db: str, token: str, submits: int, think: float, seed: int, ready, results) -> None:
+    """One annotator: sign in, then `submits` times think, press "A better" and time the run."""
+    os.environ["PREFLOOP_DB"] = db
+    from streamlit.testing.v1 import AppTest
+
+    waits = _record_gate_waits()
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60).run()
+    at.text_input[0].input(token)
+    next(b for b in at.button if b.label == "Sign in").click().run()
+    ready.wait()
+    rng, times, waited = random.Random(seed), [], []
+    for _ in range(submits):
+        time.sleep(max(0.6, rng.expovariate(1 / think)))  # at least the double-click guard (0.5 s)
+        pair = at.session_state["pair"]
+        if pair is None:
+            raise RuntimeError("ran out of pairs")
+        waits.clear()
+        start = time.perf_counter()
+        next(b for b in at.button if b.label == "A better").click().run()
+        times.append(time.perf_counter() - start)
+        waited.append(sum(waits))
+        if at.session_state["pair"] is not None and at.session_state["pair"]["id"] == pair["id"]:
+            raise RuntimeError(f"pair {pair['id']} was not judged: {[e.value for e in at.error]}")
+    results.put((times, waited))
+
+
+def export_loop(db: str, output_dir: str, stop, results) -> None:
+    from datasets import disable_progress_bars
+
+    from training.export import ExportConfig, export
+
+    disable_progress_bars()
+    store, durations = Store(db), []
+    while not stop.is_set():
+        start = time.perf_counter()
+        export(store, ExportConfig(output_dir=output_dir, name=f"latency-{len(durations)}-{os.getpid()}"))
+        durations.append(time.perf_counter() - start)
+    results.put(durations)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(db: Path, sessions: int, submits: int, think: float, exports: bool, tmp: Path) -> dict:
+    store = Store(db)
+    tokens = [store.add_annotator(f"latency-{sessions}-{exports}-{i}")[1] for i in range(sessions)]
+    ctx = mp.get_context("spawn")
+    ready, stop, results, export_results = ctx.Barrier(sessions + 1), ctx.Event(), ctx.Queue(), ctx.Queue()
+    workers = [ctx.Process(target=session, args=(str(db), token, submits, think, i, ready, results))
+               for i, token in enumerate(tokens)]
+    if exports:
+        workers.append(ctx.Process(target=export_loop, args=(str(db), str(tmp / "exports"), stop, export_results)))
+    for process in workers:
+        process.start()
+    ready.wait()
+    start = time.perf_counter()
+    times, waited = [], []
+    for _ in range(sessions):
+        session_times, session_waits = results.get()
+        times += session_times
+        waited += session_waits
+    elapsed = time.perf_counter() - start
+    stop.set()
+    export_times = export_results.get() if exports else []
+    for process in workers:
+        process.join()
+    return {
+        "sessions": sessions, "exports": "loop" if exports else "none", "submits": len(times),
+        "per_s": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times),
+        "p95_ms": 1000 * percentile(times, 0.95), "max_ms": 1000 * max(times),
+        "wait_p50_ms": 1000 * statistics.median(waited), "wait_p95_ms": 1000 * percentile(waited, 0.95),
+        "exports_done": len(export_times),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 10], help="concurrent annotator sessions")
+    parser.add_argument("--submits", type=int, default=40, help="submits timed per session")
+    parser.add_argument("--think", type=float, default=2.0, help="mean seconds between a pair appearing and the press")
+    parser.add_argument("--judgments", type=int, default=20_000, help="judgments in the database the exports read")
+    parser.add_argument("--exports", choices=["loop", "none", "both"], default="both",
+                        help="run exports back to back during the measurement, not at all, or both in turn")
+    args = parser.parse_args()
+    modes = {"loop": [True], "none": [False], "both": [False, True]}[args.exports]
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        db = tmp / "latency.duckdb"
+        store = Store(db)
+        build(store, args.judgments)
+        # Each session leases one pair when it signs in and one after its last submit.
+        open_round(store, pairs=len(modes) * sum(args.sessions) * (args.submits + 2) + 10)
+        start = time.perf_counter()
+        held = len(store.export_rows())
+        print(f"{store.count_judgments()} judgments; an export holds the database {time.perf_counter() - start:.2f} s "
+              f"to read {held} pairs")
+        print("| sessions | exports | submits | submits/s | p50 ms | p95 ms | max ms | lock wait p50 / p95 ms "
+              "| exports done |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for exports in modes:
+            for sessions in args.sessions:
+                r = run(db, sessions, args.submits, args.think, exports, tmp)
+                print(f"| {r['sessions']} | {r['exports']} | {r['submits']} | {r['per_s']:.1f} | {r['p50_ms']:.0f} "
+                      f"| {r['p95_ms']:.0f} | {r['max_ms']:.0f} | {r['wait_p50_ms']:.0f} / {r['wait_p95_ms']:.0f} "
+                      f"| {r['exports_done']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

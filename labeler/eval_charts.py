@@ -1,0 +1,234 @@
+"""The dashboard's evaluation section: is each round better, can the labels be trusted, how did training go.
+
+    from labeler.eval_charts import render_eval_section
+    render_eval_section(store)      # inside a Streamlit page
+
+Everything is drawn from the store (eval results written by `prefloop eval`, judgments, training runs) and from the
+TensorBoard event files training writes under each run's output directory. Each part says what to run when it has
+no data yet, so the section works on an empty database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from store import Store
+from training.metrics import Estimate, label_quality
+
+METRIC_LABELS = {
+    "heldout_acc_dpo": "held-out accuracy (DPO implicit reward)",
+    "heldout_acc_lnlp": "held-out accuracy (length-normalised log-prob)",
+    "win_rate_vs_previous": "win rate vs previous round",
+    "reward_accuracy": "reward-model accuracy",
+    "kl_to_base": "KL to base (nats per response)",
+    "response_length": "mean response length (tokens)",
+}
+
+
+def eval_frame(store: Store) -> pd.DataFrame:
+    """One row per stored metric with the checkpoint's kind and a series name (metric · kind) to draw it by."""
+    kinds = {c["id"]: c["kind"] for c in store.list_checkpoints()}
+    rows = [
+        dict(
+            round=r["round_id"],
+            checkpoint=r["checkpoint_id"],
+            kind=kinds.get(r["checkpoint_id"], "?"),
+            metric=r["metric"],
+            value=r["value"],
+            ci_low=r["ci_low"],
+            ci_high=r["ci_high"],
+            n=r["n"],
+            source=r["details"].get("source", ""),
+        )
+        for r in store.list_eval_results()
+        if r["value"] is not None
+    ]
+    frame = pd.DataFrame(
+        rows, columns=["round", "checkpoint", "kind", "metric", "value", "ci_low", "ci_high", "n", "source"]
+    )
+    frame["series"] = frame["metric"].map(lambda m: METRIC_LABELS.get(m, m)) + " · " + frame["kind"]
+    return frame
+
+
+def rounds_chart(frame: pd.DataFrame, title: str, reference: float | None = None) -> alt.Chart:
+    """Value per round as lines with points, and the 95% confidence interval as a band around each line."""
+    x = alt.X("round:Q", title="round", axis=alt.Axis(tickMinStep=1, format="d"))
+    color = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom", columns=1))
+    tooltip = ["round", "checkpoint", "kind", "metric", alt.Tooltip("value", format=".3f"),
+               alt.Tooltip("ci_low", format=".3f"), alt.Tooltip("ci_high", format=".3f"), "n", "source"]
+    base = alt.Chart(frame)
+    band = base.mark_area(opacity=0.2).encode(x=x, y=alt.Y("ci_low:Q", title=None), y2="ci_high:Q", color=color)
+    # A single round has no line to band around: the interval is drawn as an error bar as well.
+    bars = base.mark_errorbar(ticks=True).encode(x=x, y=alt.Y("ci_low:Q", title=None), y2="ci_high:Q", color=color)
+    line = base.mark_line(point=True).encode(x=x, y=alt.Y("value:Q", title=None), color=color, tooltip=tooltip)
+    layers = [band, bars, line]
+    if reference is not None:
+        layers.append(alt.Chart(pd.DataFrame({"y": [reference]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q"))
+    return alt.layer(*layers).properties(title=title, height=280)
+
+
+def model_quality(store: Store) -> None:
+    st.subheader("Model quality over rounds")
+    frame = eval_frame(store)
+    if frame.empty:
+        st.info("No evaluation results yet: run `make eval` (or `prefloop eval --all`) after training a checkpoint.")
+        return
+    charts = [
+        (["heldout_acc_dpo", "heldout_acc_lnlp", "win_rate_vs_previous"], "Held-out accuracy and win rate", 0.5),
+        (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5),
+        (["kl_to_base"], "KL to the base model", None),
+        (["response_length"], "Mean response length (length hacking shows here)", None),
+    ]
+    left, right = st.columns(2)
+    for i, (metrics, title, reference) in enumerate(charts):
+        part = frame[frame["metric"].isin(metrics)]
+        with left if i % 2 == 0 else right:
+            if part.empty:
+                st.caption(f"{title}: no results yet")
+            else:
+                st.altair_chart(rounds_chart(part, title, reference), width="stretch")
+    with st.expander("All results"):
+        st.dataframe(frame.drop(columns="series"), hide_index=True)
+
+
+def _estimate_cell(estimate: Estimate) -> float | None:
+    return None if estimate.value is None else round(estimate.value, 3)
+
+
+def _interval_cell(estimate: Estimate) -> str:
+    if estimate.ci_low is None:
+        return ""
+    return f"[{estimate.ci_low:.2f}, {estimate.ci_high:.2f}] n={estimate.n}"
+
+
+def label_quality_section(store: Store) -> None:
+    st.subheader("Label quality")
+    rows = store.label_rows()
+    if not rows:
+        st.info("No judgments yet: agreement and bias appear once annotators have labeled pairs.")
+        return
+    quality = label_quality(rows)
+    with st.container(horizontal=True):
+        for name, key, help_text in (
+            ("Cohen's kappa", "kappa", "first two judgments of each pair judged at least twice"),
+            ("Krippendorff's alpha", "alpha", "nominal (a, b, tie, both bad), all judgments"),
+        ):
+            estimate = quality[key]
+            value = "—" if estimate.value is None else f"{estimate.value:.2f}"
+            st.metric(name, value, help=f"{help_text}; 95% CI {_interval_cell(estimate) or 'n/a'}", border=True)
+    table = pd.DataFrame(
+        [
+            {
+                "annotator": a["annotator"],
+                "judgments": a["count"],
+                "median seconds": a["median_seconds"],
+                **{
+                    label: _estimate_cell(a[key])
+                    for key, label in (
+                        ("agreement", "agreement with majority"),
+                        ("left_rate", "left-choice rate"),
+                        ("longer_rate", "longer-wins rate"),
+                        ("gold_accuracy", "gold accuracy"),
+                    )
+                },
+                "agreement CI": _interval_cell(a["agreement"]),
+                "left-choice CI": _interval_cell(a["left_rate"]),
+                "longer-wins CI": _interval_cell(a["longer_rate"]),
+                "gold CI": _interval_cell(a["gold_accuracy"]),
+            }
+            for a in quality["annotators"]
+        ]
+    )
+    st.caption(
+        "Agreement: with the majority of the pair's other annotators. Left-choice and longer-wins rates count decided "
+        "judgments (a or b); 0.5 means no position or length bias. Gold accuracy: on pairs with a known answer."
+    )
+    st.dataframe(table, hide_index=True)
+    per_day = pd.DataFrame(rows)
+    per_day["day"] = pd.to_datetime(per_day["updated_at"]).dt.floor("D")
+    counts = per_day.groupby(["day", "annotator"]).size().reset_index(name="judgments")
+    st.altair_chart(
+        alt.Chart(counts)
+        .mark_bar()
+        .encode(
+            x=alt.X("yearmonthdate(day):O", title="day (UTC)"),
+            y=alt.Y("judgments:Q", stack=True),
+            color=alt.Color("annotator:N"),
+            tooltip=["day:T", "annotator", "judgments"],
+        )
+        .properties(title="Judgments per day by annotator", height=240),
+        width="stretch",
+    )
+
+
+def tensorboard_scalars(directory: str | Path) -> pd.DataFrame:
+    """Every scalar in the TensorBoard event files under `directory` (any depth): columns tag, step, value, file."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    rows = []
+    for path in sorted(Path(directory).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path), size_guidance={SCALARS: 0})  # 0: keep every point
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            rows += [dict(tag=tag, step=e.step, value=e.value, file=path.name) for e in accumulator.Scalars(tag)]
+    return pd.DataFrame(rows, columns=["tag", "step", "value", "file"])
+
+
+def training_runs_section(store: Store) -> None:
+    st.subheader("Training runs")
+    runs = store.list_training_runs()
+    if not runs:
+        st.info("No training runs yet: `make train-sft`, `make train-rm` or `make train-dpo` record theirs here.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            [
+                dict(
+                    run=r["id"], kind=r["kind"], round=r["round_id"], status=r["status"],
+                    checkpoint=r["checkpoint_id"], started=r["started_at"], finished=r["finished_at"],
+                    error=r["error"], output_dir=r["output_dir"],
+                )
+                for r in runs
+            ]
+        ),
+        hide_index=True,
+    )
+    by_id = {r["id"]: r for r in runs}
+    run_id = st.selectbox(
+        "Run to plot",
+        list(reversed(by_id)),
+        format_func=lambda i: f"run {i} · {by_id[i]['kind']} · round {by_id[i]['round_id']} · {by_id[i]['status']}",
+    )
+    run = by_id[run_id]
+    if run["metrics"]:
+        st.caption("Summary metrics")
+        st.dataframe(
+            pd.DataFrame([{"metric": k, "value": str(v)} for k, v in sorted(run["metrics"].items())]), hide_index=True
+        )
+    scalars = tensorboard_scalars(run["output_dir"]) if Path(run["output_dir"]).is_dir() else pd.DataFrame()
+    if scalars.empty:
+        st.caption(f"No TensorBoard curves under {run['output_dir']}.")
+        return
+    tags = sorted(scalars["tag"].unique())
+    preferred = [t for t in tags if any(k in t for k in ("loss", "accurac", "reward", "kl"))] or tags
+    chosen = st.multiselect("Curves", tags, default=preferred[:6])
+    if chosen:
+        st.altair_chart(
+            alt.Chart(scalars[scalars["tag"].isin(chosen)])
+            .mark_line()
+            .encode(x="step:Q", y=alt.Y("value:Q", title=None), tooltip=["tag", "step", "value"])
+            .properties(width=260, height=180)
+            .facet(facet=alt.Facet("tag:N", title=None), columns=3)
+            .resolve_scale(y="independent"),
+        )
+
+
+def render_eval_section(store: Store) -> None:
+    """Model quality over rounds, label quality, and training runs with their curves."""
+    model_quality(store)
+    label_quality_section(store)
+    training_runs_section(store)

@@ -1,0 +1,71 @@
+"""Label: the prompt, two responses side by side, and one button (with its key) per choice.
+
+Choices are made about what is on screen ("A" is the left response) and stored in terms of the pair's stored a/b;
+the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`.
+"""
+
+import streamlit as st
+
+from labeler import labeling
+from labeler.guidelines import guidelines_panel
+from labeler.render import conversation, responses_side_by_side, screen_texts, shown_left
+from labeler.session import current_annotator, get_store, local_day_start
+
+RESPONSE_HEIGHT = 420  # pixels; both responses scroll inside boxes of this height
+
+store = get_store()
+annotator = current_annotator()
+state = st.session_state
+
+progress_slot = st.empty()  # filled last, so the pair is on screen before the progress query runs
+pair = labeling.current_pair(store, annotator)
+if notice := state.pop("notice", None):
+    kind, message = notice
+    (st.error if kind == "error" else st.toast)(message)
+guidelines_panel(store, annotator)
+
+if pair is None:
+    round_id = state.get("round_id")
+    st.success(f"Nothing left for you to label{'' if round_id is None else f' in round {round_id}'}. Thank you!")
+    with st.container(horizontal=True):
+        st.button("Check again", icon=":material/refresh:", on_click=labeling.check_again)
+        st.button("Undo last", key="undo", icon=":material/undo:", shortcut="U", on_click=labeling.undo,
+                  args=(store, annotator))
+else:
+    pair_id = pair["id"]
+    left = shown_left(pair_id, annotator.id)
+    left_text, right_text = screen_texts(pair, left)
+    raw = st.toggle("Show raw text", key="raw_text", help="Show the exact characters instead of rendered markdown.")
+    st.markdown("**Prompt**")
+    conversation(pair["messages"], raw)
+    responses_side_by_side("Response A", left_text, "Response B", right_text, RESPONSE_HEIGHT, raw)
+
+    strength = state.get("strength")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        for label, choice, key in (("A better", "A", "A"), ("B better", "B", "B"), ("Tie", "tie", "T"),
+                                   ("Both bad", "both_bad", "X")):
+            st.button(label, key=f"choice-{choice}-{pair_id}", shortcut=key,
+                      type="primary" if choice in ("A", "B") else "secondary",
+                      on_click=labeling.submit, args=(store, annotator, pair_id, choice))
+        st.space("small")
+        for label, value, key in (("Slight", "slight", "1"), ("Clear", "clear", "2")):
+            st.button(label, key=f"strength-{value}-{pair_id}", shortcut=key, on_click=labeling.set_strength,
+                      args=(value,), type="primary" if strength == value else "secondary",
+                      icon=":material/check:" if strength == value else None,
+                      help=f"Optional: A or B is {value}ly better. Press again to clear.")
+        st.space("stretch")
+        st.button("Skip", key=f"skip-{pair_id}", shortcut="S", icon=":material/skip_next:",
+                  on_click=labeling.skip, args=(store, annotator, pair_id))
+        st.button("Undo last", key="undo", shortcut="U", icon=":material/undo:",
+                  on_click=labeling.undo, args=(store, annotator))
+    st.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
+                  placeholder="Rationale (optional): why? One line is plenty.")
+    st.caption(f"Pair {pair_id}")
+
+counts = labeling.progress(store, annotator, local_day_start())
+round_text = "all rounds" if state.get("round_id") is None else f"round {state['round_id']}"
+remaining = f"{counts['left']} judgment{'' if counts['left'] == 1 else 's'} left in {round_text}"
+progress_slot.progress(
+    counts["done"] / counts["needed"] if counts["needed"] else 1.0,
+    text=f"You judged {counts['judged_since']} today · {remaining} ({counts['done']} of {counts['needed']} done)",
+)

@@ -1,0 +1,43 @@
+"""prefloop's labeling app.
+
+    make label      # = streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
+    PREFLOOP_DB=data/other.duckdb streamlit run streamlit_app.py
+
+Visitors get only the sign-in form, whatever page URL they open. Annotators get the Label page; the admin pages are
+registered for them too, hidden, so opening one's URL shows a refusal (each admin page starts with `require_admin`)
+instead of silently landing elsewhere. Admins see every page in the sidebar.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+from labeler.session import account_sidebar, current_annotator, sign_in_page
+
+ADMIN_PAGES = [  # (file, title, icon)
+    ("labeler/pages/data.py", "Data", ":material/database:"),
+    ("labeler/pages/review.py", "Review", ":material/rule:"),
+    ("labeler/pages/annotators.py", "Annotators", ":material/group:"),
+    ("labeler/pages/dashboard.py", "Dashboard", ":material/monitoring:"),
+]
+
+annotator = current_annotator()
+# Annotators have nothing in the sidebar but their name and "Sign out": keep the width for the two responses.
+st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide",
+                   initial_sidebar_state="expanded" if annotator and annotator.is_admin else "collapsed")
+if annotator is None:
+    # Every page's URL shows the sign-in form, and after signing in the same URL shows the page itself.
+    page = st.navigation(
+        [st.Page(sign_in_page, title="Sign in", default=True)]
+        + [st.Page(sign_in_page, title="Sign in", url_path=Path(path).stem) for path, _, _ in ADMIN_PAGES],
+        position="hidden",
+    )
+else:
+    label = st.Page("labeler/pages/label.py", title="Label", icon=":material/thumbs_up_down:", default=True)
+    admin = [
+        st.Page(path, title=title, icon=icon, visibility="visible" if annotator.is_admin else "hidden")
+        for path, title, icon in ADMIN_PAGES
+    ]
+    page = st.navigation({"Labeling": [label], "Admin": admin} if annotator.is_admin else [label, *admin])
+    account_sidebar(annotator)
+page.run()

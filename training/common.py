@@ -1,0 +1,307 @@
+"""What SFT, the reward model and DPO share: the training config, the export and parent checkpoint a run starts from,
+its output directory, the TRL arguments built from the config, and the run record around it.
+
+A run's output directory (default `checkpoints/round-<n>/<kind>/`) holds
+    checkpoint-<step>/   resumable trainer checkpoints (adapter, optimizer, scheduler, RNG states): `--resume`
+    runs/                TensorBoard logs: `tensorboard --logdir checkpoints`
+    adapter/             the final LoRA adapter and the tokenizer: base_model + adapter is the registered checkpoint
+    config.yaml          the run's config (pass it back with --config to repeat the run)
+    metrics.json         the trainer's final and held-out metrics
+
+The database records a training run at the start ("running"), and at the end "finished" with its metrics and the new
+checkpoint, or "failed" with the error (an interruption included). No heavy imports at module level: `prefloop --help`
+stays fast and, on a GPU, Unsloth is imported before transformers and TRL.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from store import Store, StoreError
+from training.config import opt, to_dict
+from training.models import ModelConfig, TrainableModel, default_model, resolve_model
+from training.rounds import POLICY_KINDS
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or finish; the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """Fields every trainer shares; each algorithm's config extends it and may change a default."""
+
+    export: str = opt("", "export to train on, by name; empty: the newest export")
+    parent: int | None = opt(None, "checkpoint to start from; empty: the newest policy checkpoint")
+    output_dir: str = opt("", "run directory; empty: checkpoints/round-<n>/<kind>")
+    learning_rate: float = opt(2e-4, "peak learning rate of the LoRA parameters")
+    num_train_epochs: float = opt(1.0, "passes over the training split")
+    max_steps: int = opt(-1, "stop after this many optimizer steps; -1: run num_train_epochs")
+    per_device_train_batch_size: int = opt(2, "examples (pairs) per forward pass")
+    gradient_accumulation_steps: int = opt(4, "forward passes per optimizer step")
+    per_device_eval_batch_size: int = opt(4, "examples per forward pass on the held-out split")
+    warmup_steps: float = opt(0.1, "learning-rate warmup: optimizer steps, or below 1 a fraction of all steps")
+    lr_scheduler_type: str = opt("linear", "learning-rate schedule after warmup (transformers' names)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient norm clip")
+    optim: str = opt("adamw_torch", "optimizer (transformers' names; adamw_8bit saves memory on a GPU)")
+    seed: int = opt(3407, "seed of the adapter's initialisation, data order and dropout")
+    logging_steps: int = opt(1, "optimizer steps between log lines; the NaN check runs at each")
+    save_steps: int = opt(50, "optimizer steps between resumable checkpoints")
+    save_total_limit: int = opt(2, "resumable checkpoints kept (the newest)")
+    report_to: list[str] = opt(["tensorboard"], "trainer loggers (tensorboard, wandb, ...); none for no logger")
+    evaluate: bool = opt(True, "score the export's held-out (test) split after training")
+    lm_head: str = opt("auto", "DPO/SFT log-probs: fused (TRL's Triton kernel, GPU), plain (full logits), or auto")
+
+
+# --- what a run starts from -----------------------------------------------------------------------------------------
+
+
+def load_export(store: Store, name: str = "") -> tuple[dict, Any]:
+    """(export row, DatasetDict with train and test splits) of the named export, or the newest one."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    exports = store.list_exports()
+    if not exports:
+        raise TrainingError("no export yet: run `prefloop export` (make export) first")
+    if name:
+        found = [e for e in exports if e["name"] == name]
+        if not found:
+            raise TrainingError(f"no export named {name!r}; known: {', '.join(e['name'] for e in exports)}")
+        export = found[0]
+    else:
+        export = exports[-1]
+    path = Path(export["path"])
+    if (path / "dataset_dict.json").exists():
+        data = load_from_disk(str(path))
+    elif (path / "train.parquet").exists():
+        files = {
+            split: str(path / f"{split}.parquet") for split in ("train", "test") if (path / f"{split}.parquet").exists()
+        }
+        data = load_dataset("parquet", data_files=files)
+    else:
+        raise TrainingError(f"export {export['name']!r}: {path} holds no dataset (dataset_dict.json or train.parquet)")
+    if not isinstance(data, DatasetDict) or "train" not in data or len(data["train"]) == 0:
+        raise TrainingError(f"export {export['name']!r} ({path}) has no training rows")
+    return export, data
+
+
+def require_columns(dataset, columns: tuple[str, ...], source: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise TrainingError(f"{source}: missing column(s) {', '.join(missing)} (has {', '.join(dataset.column_names)})")
+
+
+def choose_parent(store: Store, parent_id: int | None, kinds: tuple[str, ...] = POLICY_KINDS) -> dict | None:
+    """The checkpoint a policy run continues: the given one, else the newest policy checkpoint (None: base model)."""
+    if parent_id is None:
+        return store.latest_checkpoint(kinds)
+    parent = store.get_checkpoint(parent_id)
+    if parent["kind"] not in kinds:
+        raise TrainingError(
+            f"checkpoint {parent_id} is a {parent['kind']} checkpoint; expected one of {', '.join(kinds)}"
+        )
+    return parent
+
+
+def base_model_of(config: TrainConfig, parent: dict | None) -> str:
+    """The base model's registered name: the parent's, or --model / $MODEL / embedded without a parent."""
+    if parent is None:
+        return config.model or default_model()
+    if config.model and resolve_model(config.model) != resolve_model(parent["base_model"]):
+        raise TrainingError(
+            f"--model {config.model} differs from the base model of parent checkpoint {parent['id']} "
+            f"({parent['base_model']}); leave --model out, or pick another --parent"
+        )
+    return parent["base_model"]
+
+
+def round_of(store: Store, export: dict | None) -> int | None:
+    """The round whose labels a run learns from: the export's, or the newest round for an all-rounds export."""
+    if export is not None and export["round_id"] is not None:
+        return export["round_id"]
+    latest = store.get_round()
+    return latest["id"] if latest else None
+
+
+# --- the run directory ----------------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(store: Store, output_dir: Path, resume: bool, overwrite: bool) -> str | None:
+    """Check the run directory is fit for a new run (or a resumed one); returns the trainer checkpoint to resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    registered = [c["id"] for c in store.list_checkpoints() if c["adapter_path"] == str(output_dir / "adapter")]
+    if registered:
+        raise TrainingError(
+            f"{output_dir} holds checkpoint {registered[0]}, a finished run; pass --output-dir to train another"
+        )
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if resume:
+        if last is None:
+            raise TrainingError(f"nothing to resume: {output_dir} has no checkpoint-<step> folder")
+        return last
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            what = f"an interrupted run ({Path(last).name})" if last else "files"
+            raise TrainingError(f"{output_dir} holds {what}; pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableModel) -> dict:
+    """Keyword arguments shared by TRL's DPOConfig, RewardConfig and SFTConfig."""
+    import torch
+
+    on_gpu = loaded.device == "cuda"
+    return {
+        "output_dir": str(output_dir),
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.num_train_epochs,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "per_device_eval_batch_size": config.per_device_eval_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "warmup_steps": config.warmup_steps,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "optim": config.optim,
+        "seed": config.seed,
+        "max_length": config.max_length,
+        # Mixed precision only on a GPU; TRL's own default (bf16=True) would run CPU matmuls in slow bfloat16.
+        "bf16": on_gpu and loaded.dtype == torch.bfloat16,
+        "fp16": on_gpu and loaded.dtype == torch.float16,
+        "use_cpu": not on_gpu,
+        # Unsloth checkpoints activations itself (use_gradient_checkpointing="unsloth" when it loaded the model).
+        "gradient_checkpointing": config.gradient_checkpointing and loaded.backend == "transformers",
+        "logging_steps": config.logging_steps,
+        "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN loss, not a smoothed-over one
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "report_to": [] if config.report_to == ["none"] else list(config.report_to),
+        "disable_tqdm": False,
+        "eval_strategy": "no",
+        "dataloader_num_workers": 0,
+    }
+
+
+# --- the run record -------------------------------------------------------------------------------------------------
+
+
+class Run:
+    """One training run: its directory and database record; `with Run(...) as run:` records a failure.
+
+    with Run(store, "dpo", config, round_id, export, parent, base_model, resume, overwrite) as run:
+        ...train...
+        checkpoint_id = run.finish(trainer, loaded, metrics)
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        kind: str,
+        config: TrainConfig,
+        round_id: int | None,
+        export: dict | None,
+        parent: dict | None,
+        base_model: str,
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
+        self.store, self.kind, self.config = store, kind, config
+        self.round_id, self.export, self.parent, self.base_model = round_id, export, parent, base_model
+        round_dir = f"round-{round_id}" if round_id is not None else "no-round"
+        self.output_dir = Path(config.output_dir or Path("checkpoints") / round_dir / kind).resolve()
+        self.resume_from = prepare_output_dir(store, self.output_dir, resume, overwrite)
+        self.metrics: dict = {}
+        self.run_id: int | None = None
+        self.checkpoint_id: int | None = None
+
+    def __enter__(self) -> Run:
+        self.run_id = self.store.start_training_run(
+            self.kind,
+            str(self.output_dir),
+            self.record(),
+            round_id=self.round_id,
+            export_id=self.export["id"] if self.export else None,
+            parent_checkpoint_id=self.parent["id"] if self.parent else None,
+        )
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self.checkpoint_id is None:
+            error = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+            self.store.finish_training_run(self.run_id, self.metrics, error=error)
+
+    def record(self) -> dict:
+        """The config as stored with the run and the checkpoint, plus where it came from."""
+        record = to_dict(self.config)
+        record["base_model"] = self.base_model
+        if self.resume_from:
+            record["resumed_from"] = self.resume_from
+        return record
+
+    def describe(self, loaded: TrainableModel) -> str:
+        start = f"checkpoint {self.parent['id']} ({self.parent['kind']})" if self.parent else "the base model"
+        data = f"export {self.export['name']!r}" if self.export else "an SFT file"
+        return (
+            f"{self.kind}: {self.base_model} from {start}, on {data}; {loaded.describe()}; "
+            f"output {self.output_dir}" + (f"; resuming {Path(self.resume_from).name}" if self.resume_from else "")
+        )
+
+    def finish(self, trainer, loaded: TrainableModel, metrics: dict) -> int:
+        """Save adapter, tokenizer, config and metrics; register the checkpoint; mark the run finished."""
+        adapter_dir = self.output_dir / "adapter"
+        # Only the trained adapter: DPO also holds a frozen copy of the parent's ("ref").
+        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
+        loaded.tokenizer.save_pretrained(str(adapter_dir))
+        (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        self.metrics = metrics
+        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        try:
+            self.checkpoint_id = self.store.register_checkpoint(
+                self.kind,
+                self.base_model,
+                adapter_path=str(adapter_dir),
+                round_id=self.round_id,
+                parent_id=self.parent["id"] if self.parent else None,
+                export_id=self.export["id"] if self.export else None,
+                config=self.record(),
+            )
+        except StoreError as exc:
+            raise TrainingError(f"the adapter is saved in {adapter_dir} but could not be registered: {exc}") from exc
+        self.store.finish_training_run(self.run_id, metrics, checkpoint_id=self.checkpoint_id)
+        return self.checkpoint_id
+
+
+def training_metrics(trainer, train_output) -> dict:
+    """The trainer's summary plus the first and last logged training losses (the log survives a resume)."""
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry and "train_runtime" not in entry]
+    metrics = {key: value for key, value in train_output.metrics.items()}
+    metrics["global_step"] = trainer.state.global_step
+    if logs:
+        metrics["first_loss"], metrics["last_loss"] = logs[0]["loss"], logs[-1]["loss"]
+        metrics["last_log"] = logs[-1]
+    return metrics
+
+
+def add_common_arguments(parser) -> None:
+    """Run options that are not part of the config: resuming and starting over."""
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in the output directory")
+    parser.add_argument("--overwrite", action="store_true", help="delete an interrupted run's directory and start over")
+
+
+@dataclass
+class TrainResult:
+    checkpoint_id: int
+    metrics: dict
+    trainer: Any  # the TRL trainer, model included (tests inspect it)

@@ -1,0 +1,132 @@
+"""DPO on a LoRA adapter with TRL's DPOTrainer: the command run after every labeling round.
+
+    prefloop train-dpo                                   # newest export, from the newest policy checkpoint
+    prefloop train-dpo --export round-2-final --beta 0.05 --loss-type ipo
+    prefloop train-dpo --config configs/dpo.yaml --resume   # continue an interrupted run
+    make train-dpo CONFIG=configs/dpo.yaml ARGS="--max-steps 20"
+
+Iterative. The policy starts from the parent checkpoint (--parent, or the newest policy checkpoint: the one that
+generated the newest round, or an SFT run since) and the reference model IS that checkpoint:
+- parent with an adapter (an earlier DPO or SFT round): the adapter is loaded trainable and training continues it.
+  TRL then keeps a frozen copy of it as a second adapter, "ref", and computes the reference log-probs with that
+  adapter active, so the reference is exactly the parent: same base weights, same adapter weights, no merge rounding.
+  (Disabling the adapter instead, TRL's reference when it creates the adapter itself, would give the base model.)
+- parent without an adapter (the base model): a new adapter (LoRA init, B = 0) whose frozen copy equals the base.
+Every round's adapter therefore sits on the same base model, so a checkpoint is base_model + adapter_path, loadable
+on its own (`load_for_generation`), and the next round continues it. The LoRA shape (r, alpha, targets) is the first
+adapter's; those fields apply when a run starts from the base model.
+
+Learning rate: 5e-6. The reference workflow's 2e-4 is the usual rate for LoRA SFT, where the likelihood target
+bounds the update. DPO has no such target: it keeps pushing the rejected response's log-prob down, and at SFT rates
+the implicit reward margin is known to run away while both log-probs collapse, the policy drifting far from the
+reference. Full-parameter DPO uses 5e-7 (alignment-handbook's Zephyr-7B-beta recipe; TRL's default 1e-6 is also a
+full fine-tuning rate). A LoRA step moves each weight by about lr * sqrt(r) / sqrt(3 * hidden) (Adam moves B by ~lr,
+kaiming-uniform A), a tenth to a twenty-fifth of lr for hidden sizes 576 to 3584, so LoRA needs 10 to 25 times the
+full rate. 5e-6 is the low end, and the same recipe's QLoRA DPO rate for the same LoRA shape (r=16, alpha=16). The low
+end because the adapter keeps training round after round; raise it (towards 5e-5) for one large export.
+
+On CPU, TRL's fused LM head cannot run; `lm_head: auto` swaps in the plain one (training/lm_head.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from store import Store
+from training.common import (
+    Run,
+    TrainConfig,
+    TrainResult,
+    add_common_arguments,
+    base_model_of,
+    choose_parent,
+    load_export,
+    require_columns,
+    round_of,
+    trainer_arguments,
+    training_metrics,
+)
+from training.config import add_arguments, from_args, opt
+from training.models import load_trainable, resolve_model
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class DPOTrainConfig(TrainConfig):
+    learning_rate: float = opt(5e-6, "peak learning rate; see the module docstring for why not LoRA SFT's 2e-4")
+    beta: float = opt(0.1, "strength of the pull towards the reference model (IPO: its tau)")
+    loss_type: list[str] = opt(
+        ["sigmoid"],
+        "TRL DPO loss(es), comma-separated: sigmoid (DPO), ipo, hinge, robust, exo_pair, nca_pair, bco_pair, "
+        "sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm",
+    )
+    loss_weights: list[float] = opt([], "weight of each loss_type when there are several; empty: 1 each")
+    label_smoothing: float = opt(0.0, "robust DPO: assumed label-flip probability in [0, 0.5); exo_pair: its epsilon")
+
+
+def train(
+    store: Store, config: DPOTrainConfig, resume: bool = False, overwrite: bool = False, callbacks: tuple = ()
+) -> TrainResult:
+    export, data = load_export(store, config.export)
+    for split in data:
+        require_columns(data[split], PREFERENCE_COLUMNS, f"export {export['name']!r}, split {split}")
+    parent = choose_parent(store, config.parent)
+    base_model = base_model_of(config, parent)
+    adapter_path = parent["adapter_path"] if parent else None
+    with Run(store, "dpo", config, round_of(store, export), export, parent, base_model, resume, overwrite) as run:
+        loaded = load_trainable(config, resolve_model(base_model), adapter_path, seed=config.seed)
+        print(run.describe(loaded))
+
+        from trl import DPOConfig, DPOTrainer  # after load_trainable: Unsloth patches TRL when it is imported first
+
+        from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss
+        from training.lm_head import install_lm_head
+
+        args = DPOConfig(
+            **trainer_arguments(config, run.output_dir, loaded),
+            beta=config.beta,
+            loss_type=config.loss_type,
+            loss_weights=config.loss_weights or None,
+            label_smoothing=config.label_smoothing,
+        )
+        test = data["test"].select_columns(list(PREFERENCE_COLUMNS)) if "test" in data else None
+        trainer = DPOTrainer(
+            model=loaded.model,
+            args=args,
+            train_dataset=data["train"].select_columns(list(PREFERENCE_COLUMNS)),
+            eval_dataset=test if test is not None and len(test) else None,
+            processing_class=loaded.tokenizer,
+            callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
+        )
+        lm_head = install_lm_head(trainer, config.lm_head, loaded.device)
+        reference = "the parent's adapter (frozen copy)" if adapter_path else "the base model"
+        print(f"reference model: {reference}; log-probs: {lm_head} LM head")
+
+        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        if config.evaluate and trainer.eval_dataset is not None:
+            metrics["eval"] = trainer.evaluate()
+            # Share of held-out pairs whose implicit reward ranks the chosen response first.
+            metrics["heldout_reward_accuracy"] = metrics["eval"].get("eval_rewards/accuracies")
+        checkpoint_id = run.finish(trainer, loaded, metrics)
+    print(f"dpo checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
+    return TrainResult(checkpoint_id, metrics, trainer)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-dpo",
+        help="DPO on a LoRA adapter from the newest export, continuing the newest policy checkpoint",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_arguments(p, DPOTrainConfig)
+    add_common_arguments(p)
+    p.set_defaults(run=cmd_train_dpo)
+
+
+def cmd_train_dpo(args: argparse.Namespace) -> int:
+    from training.cli import open_store
+
+    train(open_store(args), from_args(DPOTrainConfig, args), resume=args.resume, overwrite=args.overwrite)
+    return 0

@@ -1,0 +1,169 @@
+"""RLOO (REINFORCE leave-one-out) on a LoRA adapter with TRL's RLOOTrainer, scored by the registered reward model.
+
+    prefloop train-rloo                                   # newest policy checkpoint, newest reward model
+    prefloop train-rloo --config configs/rloo.yaml --max-steps 100
+    prefloop train-rloo --resume                          # continue an interrupted run
+    make train-rloo CONFIG=configs/rloo.yaml
+
+Each prompt gets `num_generations` completions; a completion's advantage is its reward minus the mean reward of the
+other completions of the same prompt, so no value model is needed. The reward is the function PPO uses
+(`training.ppo.reward_model_fn`: prompt + completion rendered by the reward tokenizer's chat template, score at the
+last real token) minus `missing_eos_penalty` for a completion without EOS. The KL penalty's reference is the parent
+checkpoint, as in DPO: TRL keeps a frozen copy ("ref") of the adapter it trains, which is the parent's adapter, or a
+fresh one equal to the base model. The run directory and the registered 'rloo' checkpoint are laid out as DPO's
+(training/common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from training.common import Run, add_common_arguments, base_model_of, choose_parent, training_metrics
+from training.config import add_arguments, from_args, opt
+from training.models import ModelConfig, checkpoint_tokenizer, load_trainable, resolve_model
+from training.ppo import load_reward_model, resolve_reward, reward_model_fn, reward_round, summarize, train_prompts
+
+
+@dataclass
+class RLOOTrainConfig(ModelConfig):
+    backend: str = opt("transformers", "transformers (+ PEFT); unsloth or auto are untested with RLOO")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
+    max_length: int = opt(512, "most tokens of prompt + completion; longer prompts (minus max_new_tokens) are skipped")
+    parent: int | None = opt(
+        None, "policy checkpoint to start from and to hold as the KL reference; empty: the newest policy checkpoint"
+    )
+    reward_checkpoint: int | None = opt(None, "reward-model checkpoint that scores completions; empty: the newest")
+    output_dir: str = opt("", "run directory; empty: checkpoints/round-<n>/rloo (n: the reward model's round)")
+    seed: int = opt(0, "seed of the adapter's initialisation, prompt order and sampling")
+    max_steps: int = opt(200, "optimizer steps")
+    per_device_train_batch_size: int = opt(16, "completions per optimizer step: a multiple of num_generations")
+    num_generations: int = opt(4, "completions per prompt; each one's baseline is the others' mean reward")
+    learning_rate: float = opt(3e-5, "AdamW learning rate of the LoRA parameters")
+    warmup_steps: float = opt(0.0, "learning-rate warmup: optimizer steps, or below 1 a fraction of all steps")
+    max_grad_norm: float = opt(1.0, "gradient norm clip")
+    max_new_tokens: int = opt(128, "completion length limit; a completion that reaches it has no EOS")
+    temperature: float = opt(0.7, "sampling temperature; TRL computes log-probs at the same temperature")
+    missing_eos_penalty: float = opt(1.0, "subtracted from the reward of a completion that ends without EOS")
+    beta: float = opt(0.05, "weight of the KL penalty to the reference, subtracted from each completion's reward")
+    epsilon: float = opt(0.2, "policy ratio clip range")
+    num_iterations: int = opt(1, "optimisation passes over each generation batch")
+    logging_steps: int = opt(1, "optimizer steps between log lines; the NaN check runs at each")
+    save_steps: int = opt(50, "optimizer steps between resumable checkpoints")
+    save_total_limit: int = opt(2, "resumable checkpoints kept (the newest)")
+    report_to: list[str] = opt(["tensorboard"], "trainer loggers (tensorboard, wandb, ...); none for no logger")
+    lm_head: str = opt("auto", "log-probs: fused (TRL's Triton kernel, GPU), plain (full logits), or auto")
+
+
+def eos_penalized_reward(score, eos_token_id: int, penalty: float):
+    """A TRL reward function (prompts, completions, completion_ids) around a PPO RewardFn, with the missing-EOS
+    penalty (TRL's completion ids end with EOS when the completion has one)."""
+
+    def reward_model(prompts, completions, completion_ids, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        scores = score(prompts, texts, completion_ids)
+        ended = [bool(ids) and ids[-1] == eos_token_id for ids in completion_ids]
+        return [float(s) - (0.0 if e else penalty) for s, e in zip(scores, ended)]
+
+    return reward_model
+
+
+def train_rloo(
+    store, config: RLOOTrainConfig, resume: bool = False, overwrite: bool = False, callbacks: tuple = ()
+) -> int:
+    """RLOO from the newest (or the given) policy checkpoint on the store's train-split prompts; returns the new
+    checkpoint's id."""
+    if config.per_device_train_batch_size % config.num_generations:
+        raise ValueError(
+            f"per_device_train_batch_size ({config.per_device_train_batch_size}) must be a multiple of "
+            f"num_generations ({config.num_generations})"
+        )
+    parent = choose_parent(store, config.parent)
+    base_model = base_model_of(config, parent)
+    adapter = parent["adapter_path"] if parent else None
+    reward = resolve_reward(store, config.reward_checkpoint)
+    config = dataclasses.replace(config, reward_checkpoint=reward["id"])  # the run records which one scored
+    prompts = train_prompts(
+        store, checkpoint_tokenizer(resolve_model(base_model), adapter), config.max_length - config.max_new_tokens
+    )
+    with Run(store, "rloo", config, reward_round(store, reward), None, parent, base_model, resume, overwrite) as run:
+        loaded = load_trainable(config, resolve_model(base_model), adapter, seed=config.seed)
+        start = f"checkpoint {parent['id']} ({parent['kind']})" if parent else "the base model"
+        print(f"rloo: {base_model} from {start}, scored by reward checkpoint {reward['id']}, {len(prompts)} prompts; "
+              f"{loaded.describe()}; output {run.output_dir}")
+
+        import torch
+        import trl  # after load_trainable: Unsloth patches TRL when it is imported first
+        from datasets import Dataset
+
+        from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss
+        from training.lm_head import install_lm_head
+
+        reward_base = resolve_model(reward["base_model"])
+        reward_model = load_reward_model(reward_base, reward["adapter_path"], loaded.dtype)
+        reward_tokenizer = checkpoint_tokenizer(reward_base, reward["adapter_path"])
+        score = reward_model_fn(reward_model, reward_tokenizer, config.per_device_train_batch_size)
+        on_gpu = loaded.device == "cuda"
+        args = trl.RLOOConfig(
+            output_dir=str(run.output_dir),
+            seed=config.seed,
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            num_generations=config.num_generations,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup_steps,
+            max_grad_norm=config.max_grad_norm,
+            max_completion_length=config.max_new_tokens,
+            temperature=config.temperature,
+            top_k=0,  # sample from softmax(logits / T) itself, the distribution whose log-probs the loss uses
+            top_p=1.0,
+            beta=config.beta,
+            epsilon=config.epsilon,
+            num_iterations=config.num_iterations,
+            disable_dropout=True,
+            bf16=on_gpu and loaded.dtype == torch.bfloat16,
+            fp16=on_gpu and loaded.dtype == torch.float16,
+            use_cpu=not on_gpu,
+            gradient_checkpointing=config.gradient_checkpointing,
+            logging_steps=config.logging_steps,
+            logging_nan_inf_filter=False,  # StopOnNonFiniteLoss must see a NaN loss
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=config.save_total_limit,
+            report_to=[] if config.report_to == ["none"] else list(config.report_to),
+        )
+        trainer = trl.RLOOTrainer(
+            model=loaded.model,
+            reward_funcs=eos_penalized_reward(score, loaded.tokenizer.eos_token_id, config.missing_eos_penalty),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=loaded.tokenizer,
+            callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
+        )
+        install_lm_head(trainer, config.lm_head, loaded.device, config.temperature)
+        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        logged = [entry for entry in trainer.state.log_history if "reward" in entry]
+        if logged:
+            metrics |= summarize(logged, "reward", "kl")
+        checkpoint_id = run.finish(trainer, loaded, metrics)
+    print(f"rloo checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
+    return checkpoint_id
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-rloo",
+        help="RLOO (TRL) on a LoRA adapter against the registered reward model, from the newest policy checkpoint",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_arguments(p, RLOOTrainConfig)
+    add_common_arguments(p)
+    p.set_defaults(run=cmd_train_rloo)
+
+
+def cmd_train_rloo(args: argparse.Namespace) -> int:
+    from training.cli import open_store
+
+    train_rloo(open_store(args), from_args(RLOOTrainConfig, args), resume=args.resume, overwrite=args.overwrite)
+    return 0
