@@ -108,6 +108,13 @@ def compare_heads(trainer, batch) -> dict:
 
     from training.lm_head import use_plain_lm_head
 
+    # A fresh adapter (B = 0) makes the policy equal its reference and every reward zero on both paths; move the
+    # trained adapter ("default", not the frozen "ref" copy) off zero so the rewards compared are not trivially equal.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B.default" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     results = {}
@@ -128,6 +135,7 @@ def compare_heads(trainer, batch) -> dict:
         "rewards/chosen": abs(fm["rewards/chosen"] - pm["rewards/chosen"]),
         "rewards/rejected": abs(fm["rewards/rejected"] - pm["rewards/rejected"]),
         "loss_value": ploss.item(),
+        "rewards/chosen_value": pm["rewards/chosen"],
     }
 
 

@@ -1,20 +1,20 @@
 """Label page latency: server-side time from a submit to the next pair rendered, with 1, 5 and 10 annotators at once,
-while exports run back to back.
+without and then with exports running back to back.
 
-    .venv/bin/python bench/label_latency.py                          # 1, 5, 10 sessions; 40 submits each
-    .venv/bin/python bench/label_latency.py --sessions 10 --submits 100 --think 2.0 --judgments 20000
+    .venv/bin/python bench/label_latency.py                  # 1, 5, 10 sessions; 40 submits each; both export modes
+    .venv/bin/python bench/label_latency.py --sessions 10 --submits 100 --think 2.0 --judgments 20000 --exports loop
 
 What is measured: each annotator session is the real app (`streamlit_app.py`) run by Streamlit's AppTest in its own
 process (AppTest keeps global state, so one session per process). After signing in, a session waits a random "think
 time" (exponential, mean --think seconds: far faster than people, who take 10-60 s per pair), presses "A better", and
 times that script run: the button callback (`submit_judgment`, then `next_pair` leasing the next pair) and the page
-render (prompt, both responses, buttons, progress query). That is the work the server does between receiving the
-click and having sent the next pair; network and browser painting are not included. AppTest's own overhead (a fresh
-script runner per run, parsing the output) is included, so the numbers err high.
+render. That is the work the server does between receiving the click and having sent the next pair; network and
+browser painting are not included. AppTest's own overhead (a fresh script runner per run, parsing the output) is
+included, so the numbers err high. Also reported: how long each submit waited for the store's cross-process lock.
 
-Meanwhile another process runs `training.export.export` in a loop over a database holding --judgments judgments
-(built like bench/export_bench.py), so the UI competes with the export's read transaction for the database and with
-its dataset building for the 2 CPU cores. Goal: p95 <= 100 ms at 10 sessions on 2 cores.
+With exports, another process runs `training.export.export` in a loop over a database holding --judgments judgments
+(built by bench/export_bench.py's `build`), so the UI competes with the export's read transaction for the database and
+with its dataset building for the CPU. Prints a markdown table. Goal: p95 <= 100 ms at 10 sessions on 2 cores.
 """
 
 from __future__ import annotations

@@ -162,21 +162,25 @@ def test_dpo_lowers_the_loss_and_trains_only_the_adapter(round_one, tiny_model_d
     assert run["status"] == "finished" and run["kind"] == "dpo" and run["metrics"]["global_step"] == 6
 
 
-def test_dpo_checkpoint_loads_and_generates(round_one, tiny_model_dir):
+def test_dpo_checkpoint_is_what_generate_loads(round_one, tiny_model_dir):
     from transformers import AutoModelForCausalLM
+
+    from training.models import load_for_generation
 
     store, _, result = round_one
     checkpoint = store.get_checkpoint(result.checkpoint_id)
-    policy = load_adapter_model(checkpoint["base_model"], checkpoint["adapter_path"])
+    policy, tokenizer = load_for_generation(checkpoint)  # what `prefloop generate` samples with
     base = AutoModelForCausalLM.from_pretrained(checkpoint["base_model"], dtype=torch.float32)
-    tokenizer = result.trainer.processing_class
+    trained = load_adapter_model(checkpoint["base_model"], checkpoint["adapter_path"])
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Greet me."}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     with torch.no_grad():
-        output = policy.generate(**inputs, max_new_tokens=8, do_sample=False)
-        assert not torch.allclose(policy(**inputs).logits, base(**inputs).logits)  # the adapter is in use
-    assert output.shape[1] > inputs["input_ids"].shape[1]
+        output = policy.generate(**inputs, min_new_tokens=4, max_new_tokens=4, do_sample=False)
+        logits = policy(**inputs).logits
+        torch.testing.assert_close(logits, trained(**inputs).logits, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(logits, base(**inputs).logits, atol=1e-4)  # the adapter is in use
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
 def test_dpo_round_two_reference_is_the_round_one_policy(round_one, tiny_model_dir, tmp_path):

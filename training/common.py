@@ -133,16 +133,24 @@ def round_of(store: Store, export: dict | None) -> int | None:
 # --- the run directory ----------------------------------------------------------------------------------------------
 
 
+def last_trainer_checkpoint(output_dir: Path) -> str | None:
+    """The trainer's newest checkpoint-<step> folder (transformers' get_last_checkpoint, without importing it here)."""
+    steps = [
+        (int(path.name.removeprefix("checkpoint-")), path)
+        for path in output_dir.glob("checkpoint-*")
+        if path.is_dir() and path.name.removeprefix("checkpoint-").isdigit()
+    ]
+    return str(max(steps)[1]) if steps else None
+
+
 def prepare_output_dir(store: Store, output_dir: Path, resume: bool, overwrite: bool) -> str | None:
     """Check the run directory is fit for a new run (or a resumed one); returns the trainer checkpoint to resume."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     registered = [c["id"] for c in store.list_checkpoints() if c["adapter_path"] == str(output_dir / "adapter")]
     if registered:
         raise TrainingError(
             f"{output_dir} holds checkpoint {registered[0]}, a finished run; pass --output-dir to train another"
         )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last = last_trainer_checkpoint(output_dir)
     if resume:
         if last is None:
             raise TrainingError(f"nothing to resume: {output_dir} has no checkpoint-<step> folder")
