@@ -155,6 +155,7 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.generate_batch_size,
+            write_batch_size=config.generate_batch_size,
             seed=config.seed,
             round=round_id,
             split=split,
@@ -165,9 +166,7 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
 
 
 def _train(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from training.dpo import DPOTrainConfig, train
+    from training.dpo import DPOTrainConfig, train  # before transformers: Unsloth patches it on import
 
     output_dir = Path("checkpoints") / config.name / f"round-{r}" / "dpo"
     dpo_config = build(
@@ -183,7 +182,7 @@ def _train(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
             seed=config.seed,
         ),
     )
-    resume = output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None
+    resume = any(output_dir.glob("checkpoint-*"))  # an interrupted run left a trainer checkpoint to continue
     result = train(store, dpo_config, resume=resume, overwrite=not resume)
     return {"checkpoint_id": result.checkpoint_id, "metrics": result.metrics}
 

