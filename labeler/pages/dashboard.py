@@ -7,6 +7,7 @@ accuracy plots) by writing a function and appending it to SECTIONS.
 import pandas as pd
 import streamlit as st
 
+from labeler.eval_charts import render_eval_section
 from labeler.render import CHOICE_LABELS
 from labeler.session import get_store, local_day_start, require_admin
 from store import Store
@@ -57,7 +58,7 @@ def activity(store: Store) -> None:
             st.caption("none yet")
 
 
-SECTIONS = [counts, round_progress, activity]
+SECTIONS = [counts, round_progress, activity, render_eval_section]
 
 require_admin()
 st.title("Dashboard")
