@@ -28,6 +28,8 @@ from training.config import opt, to_dict
 from training.models import ModelConfig, TrainableModel, default_model, resolve_model
 from training.rounds import POLICY_KINDS
 
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")  # what DPO and the reward model read from an export
+
 
 class TrainingError(RuntimeError):
     """A run cannot start or finish; the message says why and what to do."""

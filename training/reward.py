@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from store import Store
 from training.common import (
+    PREFERENCE_COLUMNS,
     Run,
     TrainConfig,
     TrainResult,
@@ -37,8 +38,6 @@ from training.common import (
 )
 from training.config import add_arguments, from_args, opt
 from training.models import load_trainable, resolve_model
-
-PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
