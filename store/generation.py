@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from store.db import StoreError
 from store.labels import Judgment, _validate
-from store.prompts import ResponseIn, insert_rows, next_ids, pair_hash
-from store.store import canonical_json, rows_as_dicts, utcnow
+from store.prompts import ResponseIn, insert_rows, next_ids, pair_hash, response_row
+from store.store import rows_as_dicts, utcnow
 
 
 @dataclass
@@ -108,19 +108,7 @@ class GenerationMixin:
                 item_ids = []
                 for r in item.responses:
                     item_ids.append(next(ids))
-                    response_rows.append(
-                        dict(
-                            id=item_ids[-1],
-                            prompt_id=item.prompt_id,
-                            checkpoint_id=r.checkpoint_id,
-                            text=r.text,
-                            sampling=canonical_json(r.sampling),
-                            prompt_tokens=r.prompt_tokens,
-                            completion_tokens=r.completion_tokens,
-                            finish_reason=r.finish_reason,
-                            created_at=now,
-                        )
-                    )
+                    response_rows.append({"id": item_ids[-1], **response_row(r, now), "prompt_id": item.prompt_id})
                 for a, b in item.pairs:
                     key = pair_hash(prompt_hashes[item.prompt_id], item.responses[a].text, item.responses[b].text)
                     if key in seen:

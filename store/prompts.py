@@ -62,6 +62,20 @@ class AddSummary:
     ids: list[int] = field(default_factory=list)
 
 
+def response_row(response: ResponseIn, created_at) -> dict:
+    """The `responses` row of a generated response (the id comes from the sequence unless the caller sets one)."""
+    return dict(
+        prompt_id=response.prompt_id,
+        checkpoint_id=response.checkpoint_id,
+        text=response.text,
+        sampling=canonical_json(response.sampling),
+        prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens,
+        finish_reason=response.finish_reason,
+        created_at=created_at,
+    )
+
+
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], returning: str = "id") -> list:
     """Bulk insert through an Arrow table (one statement, however many rows); returns the `returning` column."""
     if not rows:
@@ -186,16 +200,7 @@ class PromptsMixin:
                 con,
                 "responses",
                 [
-                    dict(
-                        prompt_id=r.prompt_id,
-                        checkpoint_id=r.checkpoint_id,
-                        text=r.text,
-                        sampling=canonical_json(r.sampling),
-                        prompt_tokens=r.prompt_tokens,
-                        completion_tokens=r.completion_tokens,
-                        finish_reason=r.finish_reason,
-                        created_at=now,
-                    )
+                    response_row(r, now)
                     for r in items
                 ],
             )
