@@ -57,7 +57,8 @@ def eval_frame(store: Store) -> pd.DataFrame:
 def rounds_chart(frame: pd.DataFrame, title: str, reference: float | None = None) -> alt.Chart:
     """Value per round as lines with points, and the 95% confidence interval as a band around each line."""
     x = alt.X("round:Q", title="round", axis=alt.Axis(tickMinStep=1, format="d"))
-    color = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom", columns=1))
+    # labelLimit 0: series names differ only at their end ("... · base", "... · dpo"), so none is cut short.
+    color = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=0))
     tooltip = ["round", "checkpoint", "kind", "metric", alt.Tooltip("value", format=".3f"),
                alt.Tooltip("ci_low", format=".3f"), alt.Tooltip("ci_high", format=".3f"), "n", "source"]
     base = alt.Chart(frame)
@@ -68,7 +69,10 @@ def rounds_chart(frame: pd.DataFrame, title: str, reference: float | None = None
     layers = [band, bars, line]
     if reference is not None:
         layers.append(alt.Chart(pd.DataFrame({"y": [reference]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q"))
-    return alt.layer(*layers).properties(title=title, height=280)
+    # fit-x: the plot is 280 px high and the legend below it adds to that (Streamlit's default, fit, squeezes the
+    # plot to make room for the legend, down to a sliver for three series).
+    return alt.layer(*layers).properties(title=title, height=280, autosize=alt.AutoSizeParams(type="fit-x",
+                                                                                              contains="padding"))
 
 
 def model_quality(store: Store) -> None:

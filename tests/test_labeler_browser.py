@@ -2,124 +2,27 @@
 
     .venv/bin/python -m pytest tests/test_labeler_browser.py -q      # needs /usr/bin/chromium (.ci/run installs it)
 
-One server per module (it takes seconds to start) on a free port with a temporary database; each test makes its own
-round, which is then the latest one and the one annotators are served.
+One server per module (tests/browser.py) on a free port with a temporary database; each test makes its own round,
+which is then the latest one and the one annotators are served.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from labeler.labeling import REPEAT_GUARD_SECONDS
 from labeler.render import shown_left
-from store import Judgment, Store
+from store import Judgment
+from tests.browser import screenshot, sign_in, wait_idle
 from tests.labeling_data import make_round, simple_items
 
+pytest_plugins = ["tests.browser"]
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-REPO = Path(__file__).resolve().parent.parent
 PAIR_CAPTION = re.compile(r"^Pair (\d+)$")
-SCREENSHOTS = os.environ.get("PREFLOOP_SCREENSHOTS")  # a folder: save a screenshot of each page the tests check
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`streamlit run streamlit_app.py` on a free port and a fresh database; yields (base URL, Store)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    folder = tmp_path_factory.mktemp("browser")
-    db = folder / "ui.duckdb"
-    store = Store(db)
-    port = _free_port()
-    log = open(folder / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none"],
-        cwd=REPO, env={**os.environ, "PREFLOOP_DB": str(db)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"streamlit did not come up: {(folder / 'streamlit.log').read_text()[-2000:]}")
-        time.sleep(0.2)
-    yield url, store
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def new_page(browser):
-    """A page in its own browser context (own cookies and session), with a dialog recorder; closed afterwards."""
-    contexts = []
-
-    def make():
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.dialogs = []  # from any page of the context, popups included
-
-        def on_dialog(dialog):
-            page.dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        context.on("dialog", on_dialog)
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
-
-
-def wait_idle(page) -> None:
-    """Until the script run the last action started has finished (Streamlit shows a status widget meanwhile)."""
-    page.wait_for_timeout(150)
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
-
-
-def sign_in(page, url: str, token: str, path: str = "") -> None:
-    page.goto(f"{url}/{path}")
-    page.get_by_label("Sign-in token", exact=True).fill(token)
-    page.keyboard.press("Enter")
-    page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
-    wait_idle(page)
 
 
 def pair_on_screen(page) -> int | None:
@@ -141,11 +44,6 @@ def press_and_wait(page, key: str, previous: int | None) -> int | None:
     )
     wait_idle(page)
     return pair_on_screen(page)
-
-
-def screenshot(page, name: str) -> None:
-    if SCREENSHOTS:
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
 # --- the tests ----------------------------------------------------------------------------------------------------
