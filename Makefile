@@ -59,14 +59,16 @@ eval: setup
 	$(CLI) --db $(DB) eval $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 # LoRA training on the newest export; CONFIG defaults to configs/<algorithm>.yaml, ARGS="--resume" continues a run.
+# GPUS=N trains on N GPUs through accelerate launch (DDP; DISTRIBUTED=fsdp shards), keeping the effective batch.
+MULTI_GPU = $(if $(GPUS),--gpus $(GPUS)) $(if $(DISTRIBUTED),--distributed $(DISTRIBUTED))
 train-sft: setup
-	$(CLI) --db $(DB) train-sft --config $(or $(CONFIG),configs/sft.yaml) $(ARGS)
+	$(CLI) --db $(DB) train-sft --config $(or $(CONFIG),configs/sft.yaml) $(MULTI_GPU) $(ARGS)
 
 train-rm: setup
-	$(CLI) --db $(DB) train-rm --config $(or $(CONFIG),configs/reward.yaml) $(ARGS)
+	$(CLI) --db $(DB) train-rm --config $(or $(CONFIG),configs/reward.yaml) $(MULTI_GPU) $(ARGS)
 
 train-dpo: setup
-	$(CLI) --db $(DB) train-dpo --config $(or $(CONFIG),configs/dpo.yaml) $(ARGS)
+	$(CLI) --db $(DB) train-dpo --config $(or $(CONFIG),configs/dpo.yaml) $(MULTI_GPU) $(ARGS)
 
 # RL against the newest reward model: PPO (training/ppo.py) or TRL's RLOO, from the newest policy checkpoint.
 train-ppo: setup

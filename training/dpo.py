@@ -45,10 +45,10 @@ from training.common import (
     load_export,
     require_columns,
     round_of,
+    run_training_command,
     trainer_arguments,
-    training_metrics,
 )
-from training.config import add_arguments, from_args, opt
+from training.config import add_arguments, opt
 from training.models import load_trainable, resolve_model
 
 
@@ -103,13 +103,12 @@ def train(
         reference = "the parent's adapter (frozen copy)" if adapter_path else "the base model"
         print(f"reference model: {reference}; log-probs: {lm_head} LM head")
 
-        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        metrics = run.train(trainer)
         if config.evaluate and trainer.eval_dataset is not None:
             metrics["eval"] = trainer.evaluate()
             # Share of held-out pairs whose implicit reward ranks the chosen response first.
             metrics["heldout_reward_accuracy"] = metrics["eval"].get("eval_rewards/accuracies")
         checkpoint_id = run.finish(trainer, loaded, metrics)
-    print(f"dpo checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
     return TrainResult(checkpoint_id, metrics, trainer)
 
 
@@ -125,7 +124,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
-    from training.cli import open_store
-
-    train(open_store(args), from_args(DPOTrainConfig, args), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return run_training_command(train, DPOTrainConfig, args)

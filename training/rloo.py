@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from training.common import Run, add_common_arguments, base_model_of, choose_parent, training_metrics
+from training.common import Run, add_common_arguments, base_model_of, choose_parent
 from training.config import add_arguments, from_args, opt
 from training.models import ModelConfig, checkpoint_tokenizer, load_trainable, resolve_model
 from training.ppo import load_reward_model, resolve_reward, reward_model_fn, reward_round, summarize, train_prompts
@@ -142,12 +142,11 @@ def train_rloo(
             callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
         )
         install_lm_head(trainer, config.lm_head, loaded.device, config.temperature)
-        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        metrics = run.train(trainer)
         logged = [entry for entry in trainer.state.log_history if "reward" in entry]
         if logged:
             metrics |= summarize(logged, "reward", "kl")
         checkpoint_id = run.finish(trainer, loaded, metrics)
-    print(f"rloo checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
     return checkpoint_id
 
 

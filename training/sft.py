@@ -30,10 +30,10 @@ from training.common import (
     load_export,
     require_columns,
     round_of,
+    run_training_command,
     trainer_arguments,
-    training_metrics,
 )
-from training.config import add_arguments, from_args, opt
+from training.config import add_arguments, opt
 from training.models import load_trainable, resolve_model
 
 
@@ -119,11 +119,10 @@ def train(
         lm_head = install_lm_head(trainer, config.lm_head, loaded.device)
         print(f"log-probs: {lm_head} LM head")
 
-        metrics = training_metrics(trainer, trainer.train(resume_from_checkpoint=run.resume_from))
+        metrics = run.train(trainer)
         if config.evaluate and test_set is not None:
             metrics["eval"] = trainer.evaluate()
         checkpoint_id = run.finish(trainer, loaded, metrics)
-    print(f"sft checkpoint {checkpoint_id}: {run.output_dir / 'adapter'}")
     return TrainResult(checkpoint_id, metrics, trainer)
 
 
@@ -139,7 +138,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_sft(args: argparse.Namespace) -> int:
-    from training.cli import open_store
-
-    train(open_store(args), from_args(SFTTrainConfig, args), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    return run_training_command(train, SFTTrainConfig, args)
