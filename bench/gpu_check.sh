@@ -8,7 +8,7 @@
 # Stages (each well inside the device's 10-minute limit); results are copied to $OUT (or ./gpu-out):
 #   loop      convert the embedded model, then `loop-sim` 3 rounds x 128 judged pairs, judge training.judges:shorter
 #   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
-#   ppo       train-ppo with the reward model from `trainers` (reward and KL curves)
+#   ppo       a reward model on simulated labels, then train-ppo against it (curves) and eval on held-out prompts
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +44,21 @@ case "${1:?stage: loop | trainers | ppo | dpo7b}" in
     timed dpo $cli train-dpo --export $export --output-dir /root/work/ck/dpo --backend unsloth --num-train-epochs 1
     ;;
   ppo)
-    timed ppo $cli train-ppo --output-dir /root/work/ck/ppo
-    cp /root/work/ck/ppo/history.json "$out/ppo-history.json" 2>/dev/null || true
+    # From nothing: the base model samples 160 train prompts twice, the `shorter` judge labels the pairs, a reward
+    # model learns those labels, PPO raises its score; `eval` then scores base and PPO samples on held-out prompts.
+    export PREFLOOP_DB=/root/work/ppo.duckdb
+    $cli model
+    $cli import store/seeds/prompts.jsonl --kind prompts --source seed
+    $cli round new --if-none
+    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320
+    $cli label-sim --judge training.judges:shorter
+    $cli export --name ppo-labels
+    timed rm $cli train-rm --output-dir /root/work/ck/rm --num-train-epochs 2
+    timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 50 --learning-rate 1e-4 \
+      --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
+    cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
+    timed eval $cli eval --all --prompts 64 --max-new-tokens 96 --batch-size 64
+    $cli eval --table | tee "$out/ppo-eval-table.txt"
     ;;
   dpo7b)
     python3 - <<'PY'

@@ -26,6 +26,7 @@ METRIC_LABELS = {
     "reward_accuracy": "reward-model accuracy",
     "kl_to_base": "KL to base (nats per response)",
     "response_length": "mean response length (tokens)",
+    "heldout_reward": "mean reward-model score of held-out samples",
 }
 
 
@@ -86,6 +87,7 @@ def model_quality(store: Store) -> None:
         (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5),
         (["kl_to_base"], "KL to the base model", None),
         (["response_length"], "Mean response length (length hacking shows here)", None),
+        (["heldout_reward"], "Reward-model score of each policy's held-out samples (what RL raises)", None),
     ]
     left, right = st.columns(2)
     for i, (metrics, title, reference) in enumerate(charts):

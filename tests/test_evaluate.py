@@ -221,11 +221,12 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     for (checkpoint_id, metric), row in results.items():
         by_round.setdefault(row["round_id"], set()).add((checkpoint_id, metric))
     assert by_round == {
-        0: {(s["base"], "heldout_acc_lnlp"), (s["base"], "response_length")},
+        0: {(s["base"], "heldout_acc_lnlp"), (s["base"], "response_length"), (s["base"], "heldout_reward")},
         1: {
             (s["dpo"], "heldout_acc_lnlp"),
             (s["dpo"], "heldout_acc_dpo"),
             (s["dpo"], "response_length"),
+            (s["dpo"], "heldout_reward"),
             (s["dpo"], "kl_to_base"),
             (s["dpo"], "win_rate_vs_previous"),
             (s["reward"], "reward_accuracy"),
@@ -303,6 +304,17 @@ def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
                               "previous_checkpoints": [s["base"]]}
     assert win["n"] == 3 and 0 <= win["value"] <= 1
     assert win["value"] * 6 == pytest.approx(round(win["value"] * 6))  # wins and ties over 3 prompts: k/6
+    # The mean reward of the same samples, by the same reward model, scored one at a time.
+    from training.evaluate import EvalConfig, Evaluator, score_responses, spec_of
+
+    evaluator = Evaluator(store, EvalConfig(prompts=3, max_new_tokens=5))
+    samples = evaluator.samples(spec_of(store.get_checkpoint(s["dpo"])))
+    model, tokenizer = evaluator.reward_model(store.get_checkpoint(s["reward"]))
+    scores = [score_responses(model, tokenizer, [evaluator.prompts[x.prompt_index]["messages"]], [x.text],
+                              EvalConfig(batch_size=1))[0] for x in samples]
+    mean_reward = _results(store)[(s["dpo"], "heldout_reward")]
+    assert mean_reward["value"] == pytest.approx(sum(scores) / 3, abs=1e-5)
+    assert (mean_reward["n"], mean_reward["details"]["reward_checkpoint"]) == (3, s["reward"])
     assert {r["round_id"] for r in store.list_eval_results()} == {1}
     # Seeded sampling and bootstrap: the same command gives the same numbers.
     first = {(r["metric"]): (r["value"], r["ci_low"], r["ci_high"]) for r in store.list_eval_results()}
@@ -382,6 +394,7 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     assert titles == [
         "Held-out accuracy and win rate",  # left column
         "KL to the base model",
+        "Reward-model score of each policy's held-out samples (what RL raises)",
         "Reward-model accuracy on held-out pairs",  # right column
         "Mean response length (length hacking shows here)",
         "Judgments per day by annotator",
@@ -393,7 +406,8 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
         (0, "heldout_acc_lnlp"), (1, "heldout_acc_dpo"), (1, "heldout_acc_lnlp"), (1, "win_rate_vs_previous")
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
-    curves = chart_rows(elements[5], "tag")
+    assert sorted(row["round"] for row in chart_rows(elements[2], "metric")) == [0, 1]  # base and DPO samples
+    curves = chart_rows(elements[6], "tag")
     assert len(curves) == 10 and {row["tag"] for row in curves} == {"train/loss", "train/rewards/accuracies"}
     assert [m.label for m in app.metric] == ["Cohen's kappa", "Krippendorff's alpha"]
     assert app.selectbox[0].value == run

@@ -262,6 +262,12 @@ class Evaluator:
                     max_new_tokens=self.config.max_new_tokens,
                 )
             )
+            reward = self.latest_reward()
+            if reward is not None:
+                # One reward model scores every round's samples, so the numbers compare across rounds (RL's target).
+                rows.append(
+                    self.estimate(self.reward_scores(reward, spec)).row("heldout_reward", reward_checkpoint=reward["id"])
+                )
             if base != spec:
                 own, under_base = self.sample_logps(spec, spec), self.sample_logps(spec, base)
                 per_response = [p - b for p, b in zip(own.sums, under_base.sums)]
