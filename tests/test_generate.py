@@ -72,11 +72,12 @@ def test_pair_indices_skips_empty_and_identical_responses():
     assert pair_indices(["one", "two", "three", "four"]) == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_generation_records_lineage(store, stopping_model_dir):
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_generation_records_lineage(store, stopping_model_dir, engine):
     add_prompts(store)
     checkpoint = store.register_checkpoint("base", str(stopping_model_dir))
     round_id = store.new_round(checkpoint, overlap_target=2)
-    summary = generate(store, config(seed=5), progress=False)
+    summary = generate(store, config(seed=5, engine=engine), progress=False)
 
     pairs = store.generated_pairs(round_id)
     assert summary.prompts == 6 and summary.responses == 18 and summary.pairs == len(pairs) > 0
@@ -102,6 +103,7 @@ def test_generation_records_lineage(store, stopping_model_dir):
                 top_p=0.95,
                 max_new_tokens=MAX_NEW_TOKENS,
                 seed=sampling["seed"],
+                engine=engine,
                 round=round_id,
                 strategy="samples",
             )
@@ -116,19 +118,20 @@ def test_generation_records_lineage(store, stopping_model_dir):
     train = [p["id"] for p in prompts.values() if p["split"] == "train"]
     assert len(store.prompts_for_generation(round_id, "samples", "train", 1000)) == len(train) - 6
     first_prompts = {p["prompt_id"] for p in pairs}
-    generate(store, config(seed=5), progress=False)
+    generate(store, config(seed=5, engine=engine), progress=False)
     assert len(store.prompts_for_generation(round_id, "samples", "train", 1000)) == len(train) - 12
     later = {p["prompt_id"] for p in store.generated_pairs(round_id)} - first_prompts
     assert later and not later & first_prompts
     assert store.status()["rounds"][0]["pairs"] == len(store.generated_pairs(round_id))
 
 
-def test_generation_is_reproducible(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_generation_is_reproducible(tmp_path, tiny_model_dir, engine):
     def texts(name: str, seed: int) -> list[str]:
         store = Store(tmp_path / f"{name}.duckdb")
         add_prompts(store, 20)
         store.new_round(store.register_checkpoint("base", str(tiny_model_dir)))
-        generate(store, config(seed=seed, num_prompts=4), progress=False)
+        generate(store, config(seed=seed, num_prompts=4, engine=engine), progress=False)
         return [(p["a_text"], p["b_text"]) for p in store.generated_pairs(0)]
 
     first = texts("first", 1)
@@ -150,7 +153,8 @@ def test_heldout_generation_uses_only_heldout_prompts(store, tiny_model_dir):
     assert len(store.prompts_for_generation(round_id, "samples", "train", 1000)) == 60 - len(heldout)
 
 
-def test_vs_previous_pairs_current_and_previous_checkpoints(store, tiny_model_dir, adapter_dir):
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_vs_previous_pairs_current_and_previous_checkpoints(store, tiny_model_dir, adapter_dir, engine):
     add_prompts(store, 20)
     base = store.register_checkpoint("base", str(tiny_model_dir))
     store.new_round(base)
@@ -162,12 +166,13 @@ def test_vs_previous_pairs_current_and_previous_checkpoints(store, tiny_model_di
     round_id, checkpoint = start_round(store)
     assert checkpoint["id"] == tuned
 
-    summary = generate(store, config(strategy="vs-previous", num_prompts=5), progress=False)
+    summary = generate(store, config(strategy="vs-previous", num_prompts=5, engine=engine), progress=False)
     pairs = store.generated_pairs(round_id, "vs-previous")
     assert summary.responses == 10 and len(pairs) == summary.pairs > 0
     for pair in pairs:
         assert (pair["a_checkpoint_id"], pair["b_checkpoint_id"]) == (tuned, base)
         assert pair["a_sampling"]["strategy"] == pair["b_sampling"]["strategy"] == "vs-previous"
+        assert pair["a_sampling"]["engine"] == pair["b_sampling"]["engine"] == engine
     # The same prompts remain available for the samples strategy of this round.
     assert len(store.prompts_for_generation(round_id, "samples", "train", 1000)) == len(store.list_prompts("train"))
 
@@ -199,6 +204,23 @@ def test_generate_rejects_bad_input(store):
         generate(store, config(samples_per_prompt=1), progress=False)
     with pytest.raises(ConfigError, match="strategy"):
         generate(store, config(strategy="best-of"), progress=False)
+    with pytest.raises(ConfigError, match="engine must be one of auto, static, hf"):
+        generate(store, config(engine="vllm"), progress=False)
+
+
+def test_auto_engine_is_static_on_a_gpu_without_unsloth(monkeypatch):
+    import sys
+
+    from training import models
+    from training.generate import decoding_engine
+
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    monkeypatch.setattr(models, "accelerator", lambda: "cpu")
+    assert decoding_engine(config()) == "hf" and decoding_engine(config(engine="static")) == "static"
+    monkeypatch.setattr(models, "accelerator", lambda: "cuda")
+    assert decoding_engine(config()) == "static" and decoding_engine(config(engine="hf")) == "hf"
+    monkeypatch.setitem(sys.modules, "unsloth", object())  # imported: transformers' classes are patched
+    assert decoding_engine(config()) == "hf"
 
 
 def test_round_and_generate_commands(db_path, tiny_model_dir, monkeypatch, capsys):
@@ -227,3 +249,186 @@ def test_round_and_generate_commands(db_path, tiny_model_dir, monkeypatch, capsy
     assert "cannot generate" in capsys.readouterr().err
     assert main(db + ["round", "new", "--overlap", "3"]) == 0
     assert store.get_round()["overlap_target"] == 3 and store.get_round()["checkpoint_id"] == checkpoint["id"]
+
+
+# --- the static decoder (training/decode.py) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chatty_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its matrices redrawn at a larger scale, so greedy continuations depend on the prompt (at
+    the fixture's own initialisation every prompt continues with one token repeated, which would prove nothing)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0.0, 0.3)
+    directory = tmp_path_factory.mktemp("chatty-model")
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(directory)
+    return directory
+
+
+def questions(n: int, start: int = 0, repeat: int = 4) -> list[list[dict]]:
+    """Conversations of several lengths, so batches are left-padded."""
+    return [
+        [{"role": "user", "content": f"Question {i}? " + "why is the sky blue " * (i % repeat)}]
+        for i in range(start, start + n)
+    ]
+
+
+def test_static_decoder_greedy_matches_generate(chatty_model_dir):
+    """Float32 greedy decoding gives transformers' tokens exactly: left padding, stops, cache reuse and rebuilds."""
+    from collections import Counter
+
+    import torch
+
+    from training.decode import StaticDecoder
+    from training.generate import chat_inputs
+    from training.models import load_for_generation
+
+    model, tokenizer = load_for_generation({"id": None, "base_model": str(chatty_model_dir), "adapter_path": None})
+    pad, new_tokens = tokenizer.pad_token_id, 40
+    decoder = StaticDecoder(model)
+
+    def both(inputs, stop):
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, do_sample=False, max_new_tokens=new_tokens, eos_token_id=stop, pad_token_id=pad
+            )
+        expected = output[:, inputs["input_ids"].shape[1] :]
+        got = decoder.generate(
+            inputs["input_ids"], inputs["attention_mask"], new_tokens, greedy=True, eos_token_id=stop, pad_token_id=pad
+        )
+        return got, expected
+
+    inputs = chat_inputs(tokenizer, questions(8))
+    assert len(set(inputs["attention_mask"].sum(dim=1).tolist())) > 1
+    got, expected = both(inputs, None)
+    assert torch.equal(got, expected)
+    assert len({tuple(row) for row in expected.tolist()}) == 8  # every prompt continues differently
+
+    # Stop at a token that some rows produce, at different steps, and others never do.
+    rows_with = Counter(token for row in expected.tolist() for token in set(row))
+    stop = next(token for token, rows in rows_with.most_common() if rows < 8)
+    got, expected = both(inputs, stop)
+    stopped = (expected == stop).any(dim=1)
+    assert stopped.any() and not stopped.all()
+    assert torch.equal(got, expected)  # pad after the stop token, as generate writes
+
+    # Five rows reuse the eight-row cache (three finished filler rows); a longer prompt makes it rebuild.
+    shape = decoder.shape
+    got, expected = both(chat_inputs(tokenizer, questions(5, start=3)), stop)
+    assert torch.equal(got, expected) and decoder.shape == shape
+    got, expected = both(chat_inputs(tokenizer, questions(3, start=30, repeat=100)), None)
+    assert torch.equal(got, expected) and decoder.shape[0] == 3 and decoder.shape[1] > shape[1]
+
+
+def test_top_p_sampling_draws_from_transformers_nucleus():
+    """Inverting the CDF on a grid of uniforms reproduces the distribution of transformers' temperature and top-p
+    warpers: no token outside the nucleus, each inside as often as its renormalised probability."""
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from training.decode import sample_top_p
+
+    torch.manual_seed(0)
+    rows, vocab, grid = 6, 40, 4096
+    logits = torch.randn(rows, vocab) * 3
+    uniform = ((torch.arange(grid) + 0.5) / grid).repeat(rows)
+    for temperature, top_p in [(1.0, 0.95), (0.7, 0.5), (1.3, 1.0)]:
+        scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_p < 1:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        expected = torch.softmax(scores, dim=-1)
+        picks = sample_top_p(logits.repeat_interleave(grid, dim=0), uniform, temperature, top_p).view(rows, grid)
+        frequency = torch.zeros(rows, vocab).scatter_add_(1, picks, torch.ones(rows, grid)) / grid
+        assert not (frequency[expected == 0] > 0).any()
+        assert (expected > 0).sum() < rows * vocab or top_p == 1
+        torch.testing.assert_close(frequency, expected, atol=1.5 / grid, rtol=0)
+
+
+def test_decode_step_never_reads_back_to_the_host(tiny_model_dir):
+    """The captured step must not wait for the device: no .item(), bool(tensor), nonzero or tensor-from-Python-data
+    (each would break CUDA graph capture). Checked on CPU by recording every aten op the step dispatches."""
+    from collections import Counter
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from training.decode import StaticDecoder
+    from training.generate import chat_inputs
+    from training.models import load_for_generation
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    model, tokenizer = load_for_generation({"id": None, "base_model": str(tiny_model_dir), "adapter_path": None})
+    inputs = chat_inputs(tokenizer, questions(3))
+    decoder = StaticDecoder(model)
+    for greedy in (True, False):
+        settings = (6, greedy, 0.8, 0.9, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        with torch.no_grad(), decoder._grouped_attention():
+            decoder.start(inputs["input_ids"], inputs["attention_mask"], settings, seed=0)
+            with Record() as record:
+                decoder.decode_step()
+        host_reads = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.masked_select", "aten.lift_fresh"}
+        assert not host_reads & set(record.ops), record.ops
+        assert record.ops["aten.index_copy_"] == 2 * model.config.num_hidden_layers + 1  # cache keys, values; tokens
+        assert ("aten.sort" in record.ops) != greedy
+
+
+def test_static_decoder_rejects_bad_input(tiny_model_dir, adapter_dir):
+    import torch
+    from peft import PeftModel
+
+    from training.decode import DecodeError, StaticDecoder
+    from training.models import load_for_generation
+
+    model, _ = load_for_generation({"id": None, "base_model": str(tiny_model_dir), "adapter_path": None})
+    right_padded = torch.tensor([[5, 6, 7], [5, 6, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(DecodeError, match="left-padded"):
+        StaticDecoder(model).generate(*right_padded, 4, pad_token_id=0)
+    with pytest.raises(DecodeError, match="CUDA graphs need the model on a CUDA device"):
+        StaticDecoder(model, cuda_graphs=True)
+    with pytest.raises(DecodeError, match="merge the LoRA adapter"):
+        StaticDecoder(PeftModel.from_pretrained(model, adapter_dir))
+
+
+def test_gen_throughput_smoke(chatty_model_dir, tmp_path):
+    """bench/gen_throughput.py --smoke end to end in its own process: both paths, the table and the JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "gen.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "gen_throughput.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--model", str(chatty_model_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["errors"] == []
+    assert [(r["path"], r["batch"]) for r in results["throughput"]] == [
+        ("hf", 8), ("hf", 16), ("static", 8), ("static", 16)
+    ]  # fmt: skip
+    for run in results["throughput"]:
+        assert run["tokens"] == 8 * 2 * 12 and run["tokens_per_s"] > 0 and run["seconds"] > 0
+    assert set(results["speedups"]) == {f"static@{a} / hf@{b}" for a in (8, 16) for b in (8, 16)}
+    (identity,) = results["identity"]
+    assert identity["dtype"] == "float32" and identity["sequences"] == 8 and identity["identical_share"] == 1.0
+    assert "| static (no graphs) | 16 |" in done.stdout and "| float32 | 8 | 8 (100.0%) |" in done.stdout

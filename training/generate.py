@@ -14,12 +14,18 @@ The prompts are the ones the round has not used with this strategy yet, train sp
 evaluation pairs and never reach a training export). Generation applies the chat template with the generation prompt
 and stops at the end-of-turn token; a response cut at `max_new_tokens` is stored with finish_reason 'length'. Each
 batch is seeded with `seed + its first prompt id`, recorded with every response, so the same database and config give
-the same responses. Every `write_batch_size` prompts are written in one short transaction.
+the same responses (on the same engine, which the record names too). Every `write_batch_size` prompts are written in
+one short transaction.
+
+Engines: `static` (training/decode.py: preallocated KV cache, the decode step replayed as a CUDA graph; the default on
+a GPU, where it wants large batches, e.g. --batch-size 256) or `hf` (transformers' `generate`, Unsloth's where it is
+installed; the default on CPU). bench/gen_throughput.py compares them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 
@@ -29,6 +35,7 @@ from training.config import ConfigError, add_arguments, from_args, opt
 
 STRATEGIES = ("samples", "vs-previous")
 SPLITS = ("train", "heldout")
+ENGINES = ("auto", "static", "hf")
 
 
 @dataclass
@@ -45,6 +52,7 @@ class GenerateConfig:
     round: int | None = opt(None, "round to generate for (default: the latest)")
     write_batch_size: int = opt(8, "prompts whose responses and pairs are written in one short transaction")
     model: str | None = opt(None, "base model to load instead of the checkpoint's recorded one (HF id or path)")
+    engine: str = opt("auto", "static (cached CUDA-graph decoder), hf (transformers' generate); auto: static on GPU")
 
     def validate(self) -> None:
         checks = [
@@ -57,6 +65,7 @@ class GenerateConfig:
             ("write_batch_size", self.write_batch_size >= 1, "at least 1"),
             ("split", self.split in SPLITS, f"one of {', '.join(SPLITS)}"),
             ("strategy", self.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+            ("engine", self.engine in ENGINES, f"one of {', '.join(ENGINES)}"),
         ]
         for name, ok, wanted in checks:
             if not ok:
@@ -83,6 +92,16 @@ class GenerateSummary:
     seconds: float = 0.0
 
 
+def decoding_engine(config: GenerateConfig) -> str:
+    """'static' or 'hf': auto is static on a GPU, unless Unsloth was imported in this process (loop-sim's training
+    does): it patches transformers' model classes, which the static decoder runs."""
+    if config.engine != "auto":
+        return config.engine
+    from training.models import accelerator
+
+    return "static" if accelerator() == "cuda" and "unsloth" not in sys.modules else "hf"
+
+
 def pair_indices(texts: list[str]) -> list[tuple[int, int]]:
     """Pairs of neighbouring distinct responses; empty ones and repeats (compared after strip) never form a pair."""
     kept, seen = [], set()
@@ -94,30 +113,50 @@ def pair_indices(texts: list[str]) -> list[tuple[int, int]]:
     return list(zip(kept, kept[1:]))
 
 
+def chat_inputs(tokenizer, conversations: list[list[dict]]):
+    """The conversations with the chat template and the generation prompt, tokenized as one left-padded batch."""
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
+    # The template already writes the special tokens; the tokenizer must not add a BOS of its own.
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
 def sample(
     model, tokenizer, conversations: list[list[dict]], num_samples: int, config: GenerateConfig, seed: int
 ) -> list[list[Sample]]:
-    """`num_samples` responses to each conversation, generated as one left-padded batch."""
+    """`num_samples` responses to each conversation, generated as one left-padded batch by the config's engine."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
-    # The template already writes the special tokens; the tokenizer must not add a BOS of its own.
-    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    inputs = chat_inputs(tokenizer, conversations).to(model.device)
     stop_ids = {tokenizer.eos_token_id}
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        output = model.generate(
-            **inputs,
-            do_sample=True,
+    if decoding_engine(config) == "static":
+        from training.decode import decoder_for
+
+        generated = decoder_for(model).generate(
+            inputs["input_ids"].repeat_interleave(num_samples, dim=0),  # each prompt's samples side by side
+            inputs["attention_mask"].repeat_interleave(num_samples, dim=0),
+            config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
-            top_k=0,  # top_p alone truncates (transformers would add top_k=50 otherwise)
-            max_new_tokens=config.max_new_tokens,
-            num_return_sequences=num_samples,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            seed=seed,
         )
-    generated = output[:, inputs["input_ids"].shape[1] :].tolist()
+    else:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            output = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=0,  # top_p alone truncates (transformers would add top_k=50 otherwise)
+                max_new_tokens=config.max_new_tokens,
+                num_return_sequences=num_samples,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        generated = output[:, inputs["input_ids"].shape[1] :]
+    generated = generated.tolist()
     prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
     results: list[list[Sample]] = [[] for _ in conversations]
     for row, ids in enumerate(generated):
@@ -168,55 +207,64 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
             "import more prompts or start a new round"
         )
 
-    models = [load_for_generation(c, config.model) for c in checkpoints]
+    engine = decoding_engine(config)
+    models = [load_for_generation(c, config.model, unsloth=engine == "hf") for c in checkpoints]
     # samples: k draws of one model; vs-previous: one draw of each model, current first (response a).
     draws = config.samples_per_prompt if config.strategy == "samples" else 1
     prompts_per_batch = max(1, config.batch_size // draws)
     summary = GenerateSummary(round_id)
     start = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=f"round {round_id} {config.strategy}", unit="prompt", disable=not progress)
-    for chunk_start in range(0, len(prompts), config.write_batch_size):
-        chunk = prompts[chunk_start : chunk_start + config.write_batch_size]
-        candidates = []
-        for batch_start in range(0, len(chunk), prompts_per_batch):
-            batch = chunk[batch_start : batch_start + prompts_per_batch]
-            seed = config.seed + batch[0]["id"]
-            per_model = [
-                sample(model, tokenizer, [p["messages"] for p in batch], draws, config, seed)
-                for model, tokenizer in models
-            ]
-            for i, prompt in enumerate(batch):
-                responses = [
-                    ResponseIn(
-                        prompt_id=prompt["id"],
-                        checkpoint_id=checkpoint["id"],
-                        text=s.text,
-                        sampling=dict(
-                            temperature=config.temperature,
-                            top_p=config.top_p,
-                            max_new_tokens=config.max_new_tokens,
-                            seed=seed,
-                            round=round_id,
-                            strategy=config.strategy,
-                        ),
-                        prompt_tokens=s.prompt_tokens,
-                        completion_tokens=s.completion_tokens,
-                        finish_reason=s.finish_reason,
-                    )
-                    for checkpoint, samples in zip(checkpoints, per_model)
-                    for s in samples[i]
-                ]
-                pairs = pair_indices([r.text for r in responses])
-                summary.unpaired_prompts += not pairs
-                summary.completion_tokens += sum(r.completion_tokens for r in responses)
-                candidates.append(Candidates(prompt["id"], responses, pairs))
-            bar.update(len(batch))
+
+    def write(candidates: list[Candidates]) -> None:
         written = store.add_candidates(round_id, config.strategy, candidates)
-        summary.prompts += len(chunk)
+        summary.prompts += len(candidates)
         summary.responses += written.responses
         summary.pairs += written.pairs
         summary.duplicates += written.duplicates
         bar.set_postfix(pairs=summary.pairs)
+
+    # Batches are generated whole (a large batch is what makes the static engine fast) and written in short
+    # transactions of `write_batch_size` prompts, so the labeling UI never waits long for the database.
+    pending: list[Candidates] = []
+    for batch_start in range(0, len(prompts), prompts_per_batch):
+        batch = prompts[batch_start : batch_start + prompts_per_batch]
+        seed = config.seed + batch[0]["id"]
+        per_model = [
+            sample(model, tokenizer, [p["messages"] for p in batch], draws, config, seed) for model, tokenizer in models
+        ]
+        for i, prompt in enumerate(batch):
+            responses = [
+                ResponseIn(
+                    prompt_id=prompt["id"],
+                    checkpoint_id=checkpoint["id"],
+                    text=s.text,
+                    sampling=dict(
+                        temperature=config.temperature,
+                        top_p=config.top_p,
+                        max_new_tokens=config.max_new_tokens,
+                        seed=seed,
+                        engine=engine,
+                        round=round_id,
+                        strategy=config.strategy,
+                    ),
+                    prompt_tokens=s.prompt_tokens,
+                    completion_tokens=s.completion_tokens,
+                    finish_reason=s.finish_reason,
+                )
+                for checkpoint, samples in zip(checkpoints, per_model)
+                for s in samples[i]
+            ]
+            pairs = pair_indices([r.text for r in responses])
+            summary.unpaired_prompts += not pairs
+            summary.completion_tokens += sum(r.completion_tokens for r in responses)
+            pending.append(Candidates(prompt["id"], responses, pairs))
+        bar.update(len(batch))
+        while len(pending) >= config.write_batch_size:
+            write(pending[: config.write_batch_size])
+            pending = pending[config.write_batch_size :]
+    if pending:
+        write(pending)
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
