@@ -8,7 +8,8 @@
 # Stages (each well inside the device's 10-minute limit); results are copied to $OUT (or ./gpu-out):
 #   loop      convert the embedded model, then `loop-sim` 3 rounds x 128 judged pairs, judge training.judges:shorter
 #   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
-#   ppo       a reward model on simulated labels, then train-ppo against it (curves) and eval on held-out prompts
+#   ppo       a reward model on simulated labels, then train-ppo against it (reward and KL curves)
+#   ppo-eval  eval of the base and PPO checkpoints on held-out prompts (reward-model score, KL, length)
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ timed() {
   echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
 
-case "${1:?stage: loop | trainers | ppo | dpo7b}" in
+case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b}" in
   loop)
     $cli model
     timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.judges:shorter --pairs-per-round 128 \
@@ -57,6 +58,9 @@ case "${1:?stage: loop | trainers | ppo | dpo7b}" in
     timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 50 --learning-rate 1e-4 \
       --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
     cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
+    ;;
+  ppo-eval)
+    export PREFLOOP_DB=/root/work/ppo.duckdb
     timed eval $cli eval --all --prompts 64 --max-new-tokens 96 --batch-size 64
     $cli eval --table | tee "$out/ppo-eval-table.txt"
     ;;
