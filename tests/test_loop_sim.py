@@ -39,7 +39,9 @@ def test_two_rounds_improve_preference_accuracy(store, tiny_model_dir, tmp_path,
     monkeypatch.setenv("MODEL", str(tiny_model_dir))
     dpo_yaml = tmp_path / "dpo.yaml"
     # All linear layers: attention-only LoRA on a 2-layer, 32-wide random model barely moves its token distribution.
-    dpo_yaml.write_text("lora_targets: [all-linear]\nper_device_train_batch_size: 8\ngradient_accumulation_steps: 1\n")
+    # Random batches: on 48 pairs, length grouping sorts the whole epoch into 6 batches of like lengths, and with
+    # this length-correlated judge round 1's held-out accuracy came out at 0.48 (it is a speed lever for big exports).
+    dpo_yaml.write_text("lora_targets: [all-linear]\nper_device_train_batch_size: 8\ngradient_accumulation_steps: 1\ngroup_by_length: false\n")
     config = build(
         LoopConfig,
         None,

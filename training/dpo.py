@@ -26,12 +26,25 @@ full rate. 5e-6 is the low end, and the same recipe's QLoRA DPO rate for the sam
 end because the adapter keeps training round after round; raise it (towards 5e-5) for one large export.
 
 On CPU, TRL's fused LM head cannot run; `lm_head: auto` swaps in the plain one (training/lm_head.py).
+
+Throughput (bench/dpo_throughput.py measures each lever alone against TRL + PEFT and Unsloth): batches of pairs of
+similar length (`group_by_length`, on) cut the padding TRL's collator adds: on the bench's lognormal lengths, 16 pairs
+a batch, 63% of the tokens are padding at random and 30% grouped. On the H100 with a Qwen2.5-7B shape that gave 1.83x
+Unsloth's real tokens/s at the same peak memory. On a small export it sorts most of the epoch by length, which can
+change what a few steps learn (the CPU loop test turns it off for 48 pairs). `length_buckets` N splits each forward pass by row length (computed
+padding near 0) but cost more in extra passes than it saved at 0.5B, so it is off. `cache_ref_logps` computes the
+reference log-probs once per export and reference and keeps them with the export; `gradient_checkpointing false`
+trades memory for a third less compute where the memory allows. The log-probs never materialise the logits: TRL's
+fused LM head scores hidden states in vocabulary tiles (with Unsloth imported, through Unsloth's fused-linear kernel).
+Unsloth's opt-in fused preference loss (UNSLOTH_FUSED_PREFERENCE_LOSS=1) declines TRL 1.15's loss, which already
+calls that head.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from store import Store
 from training.common import (
@@ -49,7 +62,7 @@ from training.common import (
     trainer_arguments,
 )
 from training.config import add_arguments, opt
-from training.models import load_trainable, resolve_model
+from training.models import TrainableModel, load_trainable, resolve_model
 
 
 @dataclass
@@ -63,6 +76,20 @@ class DPOTrainConfig(TrainConfig):
     )
     loss_weights: list[float] = opt([], "weight of each loss_type when there are several; empty: 1 each")
     label_smoothing: float = opt(0.0, "robust DPO: assumed label-flip probability in [0, 0.5); exo_pair: its epsilon")
+    # Throughput levers (training/batching.py, training/reference_logps.py): none changes the objective.
+    group_by_length: bool = opt(
+        True, "micro-batches of pairs of similar length (seeded; every pair once per epoch): far less padding"
+    )
+    length_buckets: int = opt(
+        1,
+        "run each micro-batch as up to N forward passes over rows of similar length (1: one padded pass, TRL's; "
+        "4 cut computed padding to ~0 but ran slower on the H100 at 0.5B, see docs/benchmarks.md)",
+    )
+    cache_ref_logps: bool = opt(
+        False,
+        "reference log-probs computed once before training and cached with the export (pays off over epochs, "
+        "resumes and reruns on the same export and parent)",
+    )
 
 
 def train(
@@ -78,30 +105,19 @@ def train(
         loaded = load_trainable(config, resolve_model(base_model), adapter_path, seed=config.seed)
         print(run.describe(loaded))
 
-        from trl import DPOConfig, DPOTrainer  # after load_trainable: Unsloth patches TRL when it is imported first
-
-        from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss
-        from training.lm_head import install_lm_head
-
-        args = DPOConfig(
-            **trainer_arguments(config, run.output_dir, loaded),
-            beta=config.beta,
-            loss_type=config.loss_type,
-            loss_weights=config.loss_weights or None,
-            label_smoothing=config.label_smoothing,
-        )
         test = data["test"].select_columns(list(PREFERENCE_COLUMNS)) if "test" in data else None
-        trainer = DPOTrainer(
-            model=loaded.model,
-            args=args,
-            train_dataset=data["train"].select_columns(list(PREFERENCE_COLUMNS)),
-            eval_dataset=test if test is not None and len(test) else None,
-            processing_class=loaded.tokenizer,
-            callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
+        # What cached reference log-probs depend on besides the numerics (build_trainer adds those).
+        reference = {"export": export["name"], "export_id": export["id"], "base": base_model, "adapter": adapter_path}
+        trainer = build_trainer(
+            config,
+            loaded,
+            run.output_dir,
+            data["train"].select_columns(list(PREFERENCE_COLUMNS)),
+            test if test is not None and len(test) else None,
+            callbacks,
+            reference_cache=(Path(export["path"]) / "ref-logps", reference),
         )
-        lm_head = install_lm_head(trainer, config.lm_head, loaded.device)
-        reference = "the parent's adapter (frozen copy)" if adapter_path else "the base model"
-        print(f"reference model: {reference}; log-probs: {lm_head} LM head")
+        print("reference model: " + ("the parent's adapter (frozen copy)" if adapter_path else "the base model"))
 
         metrics = run.train(trainer)
         if config.evaluate and trainer.eval_dataset is not None:
@@ -110,6 +126,58 @@ def train(
             metrics["heldout_reward_accuracy"] = metrics["eval"].get("eval_rewards/accuracies")
         checkpoint_id = run.finish(trainer, loaded, metrics)
     return TrainResult(checkpoint_id, metrics, trainer)
+
+
+def build_trainer(
+    config: DPOTrainConfig,
+    loaded: TrainableModel,
+    output_dir: Path,
+    train_dataset,
+    eval_dataset=None,
+    callbacks: tuple = (),
+    reference_cache: tuple[Path, dict] | None = None,
+):
+    """TRL's DPOTrainer on `loaded`, with the config's LM head and throughput levers installed: what `train` runs,
+    and what bench/dpo_throughput.py measures. `reference_cache` is (folder, what the reference is) for
+    cache_ref_logps; without it the reference log-probs are precomputed but not kept."""
+    from trl import DPOConfig, DPOTrainer  # after load_trainable: Unsloth patches TRL when it is imported first
+
+    from training.batching import use_length_buckets, use_length_grouped_sampler
+    from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss
+    from training.lm_head import install_lm_head
+    from training.reference_logps import attach_reference_logps
+
+    args = DPOConfig(
+        **trainer_arguments(config, output_dir, loaded),
+        beta=config.beta,
+        loss_type=config.loss_type,
+        loss_weights=config.loss_weights or None,
+        label_smoothing=config.label_smoothing,
+    )
+    trainer = DPOTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=loaded.tokenizer,
+        callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
+    )
+    levers = [f"{install_lm_head(trainer, config.lm_head, loaded.device)} LM head"]
+    if config.length_buckets > 1 and not trainer.is_fsdp_enabled:  # FSDP would gather the weights once per pass
+        use_length_buckets(trainer.model, config.length_buckets)  # after the LM head, whose forward it splits
+        levers.append(f"forward passes split into up to {config.length_buckets} length buckets")
+    if config.group_by_length:
+        micro_batch = config.per_device_train_batch_size
+        use_length_grouped_sampler(trainer, micro_batch, micro_batch * config.gradient_accumulation_steps, config.seed)
+        levers.append("length-grouped batches")
+    if config.cache_ref_logps:
+        folder, reference = reference_cache or (None, {})
+        numerics = {"max_length": args.max_length, "truncation_mode": args.truncation_mode}
+        numerics |= {"backend": loaded.backend, "dtype": str(loaded.dtype), "lm_head": levers[0]}
+        status = attach_reference_logps(trainer, folder, reference | numerics, args.per_device_train_batch_size)
+        levers.append("reference log-probs " + ", ".join(f"{split} {how}" for split, how in status.items()))
+    print("throughput: " + "; ".join(levers))
+    return trainer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

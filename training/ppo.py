@@ -595,7 +595,6 @@ def train_ppo(
     import dataclasses
     from types import SimpleNamespace
 
-    import torch
 
     config.validate()
     parent = choose_parent(store, config.parent)
