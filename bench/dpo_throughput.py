@@ -305,10 +305,9 @@ def run_worker(spec: Spec) -> dict:
     return result
 
 
-def dpo_config_args(spec: Spec, shape: Shape) -> dict:
-    """The DPOConfig settings (a) and (b) share with (c): everything else is TRL's default."""
-    on_cpu = spec.device == "cpu"
-    args = {
+def schedule_args(spec: Spec, shape: Shape) -> dict:
+    """What every path trains with, under the same names in TRL's DPOConfig and in DPOTrainConfig."""
+    return {
         "output_dir": spec.output_dir,
         "per_device_train_batch_size": shape.batch,
         "gradient_accumulation_steps": shape.accumulation,
@@ -318,11 +317,14 @@ def dpo_config_args(spec: Spec, shape: Shape) -> dict:
         "warmup_steps": 0,
         "max_length": shape.max_length,
         "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
         "seed": spec.seed,
-        "use_cpu": on_cpu,
     }
+
+
+def dpo_config_args(spec: Spec, shape: Shape) -> dict:
+    """The DPOConfig settings (a) and (b) share with (c): everything else is TRL's default."""
+    on_cpu = spec.device == "cpu"
+    args = schedule_args(spec, shape) | {"save_strategy": "no", "report_to": [], "use_cpu": on_cpu}
     if on_cpu:
         args["bf16"] = False  # TRL's default bf16=True means slow bfloat16 autocast on a CPU
     return args | spec.overrides
@@ -388,21 +390,11 @@ def prefloop_trainer(spec: Spec, shape: Shape, train_dataset, clock):
     from training.config import build
     from training.models import load_trainable
 
-    values = {
+    values = schedule_args(spec, shape) | {
         "model": spec.model_dir,
-        "output_dir": spec.output_dir,
         "lora_r": 16,
         "lora_alpha": 16,
         "lora_targets": shape.lora_targets,
-        "max_length": shape.max_length,
-        "per_device_train_batch_size": shape.batch,
-        "gradient_accumulation_steps": shape.accumulation,
-        "max_steps": 2 * shape.steps,
-        "learning_rate": spec.learning_rate,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "seed": spec.seed,
-        "logging_steps": 1,
         "save_steps": 10**9,
         "report_to": ["none"],
         "evaluate": False,
