@@ -344,10 +344,15 @@ class Run:
 
 
 def training_metrics(trainer, train_output) -> dict:
-    """The trainer's summary plus the first and last logged training losses (the log survives a resume)."""
+    """The trainer's summary, the first and last logged training losses (the log survives a resume) and, on a GPU,
+    the peak memory allocated."""
+    import torch
+
     logs = [entry for entry in trainer.state.log_history if "loss" in entry and "train_runtime" not in entry]
     metrics = {key: value for key, value in train_output.metrics.items()}
     metrics["global_step"] = trainer.state.global_step
+    if torch.cuda.is_available():  # what a bigger model or batch would have to fit in, per GPU
+        metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if logs:
         metrics["first_loss"], metrics["last_loss"] = logs[0]["loss"], logs[-1]["loss"]
         metrics["last_log"] = logs[-1]
