@@ -432,3 +432,13 @@ def test_gen_throughput_smoke(chatty_model_dir, tmp_path):
     (identity,) = results["identity"]
     assert identity["dtype"] == "float32" and identity["sequences"] == 8 and identity["identical_share"] == 1.0
     assert "| static (no graphs) | 16 |" in done.stdout and "| float32 | 8 | 8 (100.0%) |" in done.stdout
+
+
+@pytest.mark.parametrize("engine, prompts_per_batch", [("hf", 8), ("static", 128)])
+def test_batch_size_zero_is_the_engines_default(store, stopping_model_dir, engine, prompts_per_batch):
+    """16 sequences (8 prompts x 2 samples) with hf, 256 (128 prompts) on the static engine: one seed per batch."""
+    add_prompts(store, 20)
+    round_id = store.new_round(store.register_checkpoint("base", str(stopping_model_dir)))
+    generate(store, config(num_prompts=20, samples_per_prompt=2, batch_size=0, engine=engine), progress=False)
+    seeds = {p[f"{side}_sampling"]["seed"] for p in store.generated_pairs(round_id) for side in "ab"}
+    assert len(seeds) == -(-20 // prompts_per_batch)

@@ -18,8 +18,8 @@ the same responses (on the same engine, which the record names too). Every `writ
 one short transaction.
 
 Engines: `static` (training/decode.py: preallocated KV cache, the decode step replayed as a CUDA graph; the default on
-a GPU, where it wants large batches, e.g. --batch-size 256) or `hf` (transformers' `generate`, Unsloth's where it is
-installed; the default on CPU). bench/gen_throughput.py compares them.
+a GPU, in batches of 256 unless --batch-size says otherwise) or `hf` (transformers' `generate`, Unsloth's where it is
+installed; the default on CPU, batches of 16). bench/gen_throughput.py compares them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from training.config import ConfigError, add_arguments, from_args, opt
 STRATEGIES = ("samples", "vs-previous")
 SPLITS = ("train", "heldout")
 ENGINES = ("auto", "static", "hf")
+STATIC_BATCH_SIZE, HF_BATCH_SIZE = 256, 16  # default sequences per batch of each engine
 
 
 @dataclass
@@ -46,7 +47,9 @@ class GenerateConfig:
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches top_p")
     max_new_tokens: int = opt(256, "token limit per response; a response cut there is marked finish_reason 'length'")
     seed: int = opt(0, "base seed; each batch uses seed + its first prompt id")
-    batch_size: int = opt(16, "sequences sampled together (prompts per batch: batch_size // samples, at least 1)")
+    batch_size: int = opt(
+        0, "sequences sampled together (prompts per batch: batch_size // samples); 0: 256 on the static engine, else 16"
+    )
     split: str = opt("train", "prompt split: train (pairs to label) or heldout (evaluation pairs)")
     strategy: str = opt("samples", "samples (two samples of the round's model) or vs-previous (vs previous round's)")
     round: int | None = opt(None, "round to generate for (default: the latest)")
@@ -61,7 +64,7 @@ class GenerateConfig:
             ("temperature", self.temperature > 0, "above 0"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 0, "at least 1, or 0 for the engine's default"),
             ("write_batch_size", self.write_batch_size >= 1, "at least 1"),
             ("split", self.split in SPLITS, f"one of {', '.join(SPLITS)}"),
             ("strategy", self.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
@@ -211,7 +214,9 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
     models = [load_for_generation(c, config.model, unsloth=engine == "hf") for c in checkpoints]
     # samples: k draws of one model; vs-previous: one draw of each model, current first (response a).
     draws = config.samples_per_prompt if config.strategy == "samples" else 1
-    prompts_per_batch = max(1, config.batch_size // draws)
+    # The CUDA-graph decoder is fastest on large batches (10x HF generate at 512 on an H100, docs/benchmarks.md).
+    default_batch = STATIC_BATCH_SIZE if engine == "static" else HF_BATCH_SIZE
+    prompts_per_batch = max(1, (config.batch_size or default_batch) // draws)
     summary = GenerateSummary(round_id)
     start = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=f"round {round_id} {config.strategy}", unit="prompt", disable=not progress)
