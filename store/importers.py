@@ -25,6 +25,7 @@ names the file, the line (or row) and the field. Duplicates (same prompt, same p
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -53,6 +54,7 @@ class ImportSummary:
     kind: str  # "prompts" or "pairs"
     inserted: int
     duplicates: int
+    invalid: list[str] = dataclasses.field(default_factory=list)  # "file:line: problem" of each record skipped (skip_invalid)
 
 
 class _Invalid(Exception):
@@ -62,20 +64,28 @@ class _Invalid(Exception):
         super().__init__(f"field '{field}': {problem}" if field else problem)
 
 
-def import_file(store, path: str | Path, kind: str = "auto", source: str | None = None) -> ImportSummary:
-    """Import every record of `path` in one transaction, or nothing (raising ImportFileError)."""
+def import_file(
+    store, path: str | Path, kind: str = "auto", source: str | None = None, skip_invalid: bool = False
+) -> ImportSummary:
+    """Import every record of `path` in one transaction, or nothing (raising ImportFileError at the first invalid
+    record). With skip_invalid, invalid records are left out and listed in the summary instead; the valid ones are
+    still imported in one transaction (a file that cannot be read, or has no valid record, still imports nothing)."""
     path = Path(path)
     source = source or path.name
-    kind, items = read_file(path, kind, source)
+    invalid: list[str] = []
+    kind, items = read_file(path, kind, source, invalid if skip_invalid else None)
     if kind == "prompts":
         added = store.add_prompts(items)
     else:
         added = store.add_imported_pairs(items, source)
-    return ImportSummary(kind, added.inserted, added.duplicates)
+    return ImportSummary(kind, added.inserted, added.duplicates, invalid)
 
 
-def read_file(path: str | Path, kind: str = "auto", source: str | None = None) -> tuple[str, list]:
-    """Parse and validate a whole file without touching the database: ("prompts", [PromptIn]) or ("pairs", [PairIn])."""
+def read_file(
+    path: str | Path, kind: str = "auto", source: str | None = None, invalid: list[str] | None = None
+) -> tuple[str, list]:
+    """Parse and validate a whole file without touching the database: ("prompts", [PromptIn]) or ("pairs", [PairIn]).
+    An invalid record raises ImportFileError, or, when an `invalid` list is given, is appended to it and left out."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     path = Path(path)
@@ -103,7 +113,11 @@ def read_file(path: str | Path, kind: str = "auto", source: str | None = None) -
         try:
             items.append(parse(record, source))
         except _Invalid as exc:
-            raise ImportFileError(f"{where}: {exc}") from None
+            if invalid is None:
+                raise ImportFileError(f"{where}: {exc}") from None
+            invalid.append(f"{where}: {exc}")
+    if not items:
+        raise ImportFileError(f"{path}: no valid record ({len(records)} invalid; the first: {invalid[0]})")
     return kind, items
 
 

@@ -304,6 +304,26 @@ def test_cli_import(tmp_path):
     assert Store(db).get_annotator("import:hh-rlhf") is not None
 
 
+def test_skip_invalid_imports_the_valid_records_and_lists_the_others(tmp_path):
+    db = tmp_path / "skip.duckdb"
+    same = {"chosen": "\n\nHuman: q\n\nAssistant: same", "rejected": "\n\nHuman: q\n\nAssistant: same"}
+    other = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    mixed = tmp_path / "hh-mixed.jsonl"
+    mixed.write_bytes(_jsonl(HH_OK, same, other))
+    refused = run_cli(db, str(mixed))
+    assert refused.returncode == 1 and f"{mixed}:2: field 'rejected'" in refused.stderr
+    assert table_counts(Store(db))["pairs"] == 0  # atomic: nothing from a refused file
+    done = run_cli(db, str(mixed), "--skip-invalid")
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 pairs" in done.stdout
+    assert f"left out 1 invalid records:\n  {mixed}:2: field 'rejected': the same response as 'chosen'" in done.stdout
+    assert table_counts(Store(db))["pairs"] == 2
+    only_bad = tmp_path / "hh-bad.jsonl"
+    only_bad.write_bytes(_jsonl(same))
+    nothing = run_cli(db, str(only_bad), "--skip-invalid")
+    assert nothing.returncode == 1 and "no valid record (1 invalid; the first:" in nothing.stderr
+
+
 # --- broken files -------------------------------------------------------------------------------------------------
 
 HH_OK = PAIR_FORMATS["anthropic-hh"][0]

@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kind", choices=["auto", "prompts", "pairs"], default="auto", help="what the file holds (default: detect)"
     )
     p.add_argument("--source", help="source name recorded with each row (default: the file name)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out invalid records (each listed with its line and field) instead of refusing the whole file",
+    )
     p.set_defaults(run=cmd_import)
 
     p = subparsers.add_parser("status", help="counts per round, split and annotator")
@@ -57,8 +62,14 @@ def cmd_model(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from store.importers import import_file
 
-    summary = import_file(open_store(args), args.path, kind=args.kind, source=args.source)
+    summary = import_file(
+        open_store(args), args.path, kind=args.kind, source=args.source, skip_invalid=args.skip_invalid
+    )
     print(f"{args.path}: imported {summary.inserted} {summary.kind}, skipped {summary.duplicates} duplicates")
+    if summary.invalid:
+        print(f"left out {len(summary.invalid)} invalid records:")
+        for problem in summary.invalid:
+            print(f"  {problem}")
     return 0
 
 
