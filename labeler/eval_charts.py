@@ -32,12 +32,11 @@ METRIC_LABELS = {
 
 def eval_frame(store: Store) -> pd.DataFrame:
     """One row per stored metric with the checkpoint's kind and a series name (metric · kind) to draw it by."""
-    kinds = {c["id"]: c["kind"] for c in store.list_checkpoints()}
     rows = [
         dict(
             round=r["round_id"],
             checkpoint=r["checkpoint_id"],
-            kind=kinds.get(r["checkpoint_id"], "?"),
+            kind=r["checkpoint_kind"],
             metric=r["metric"],
             value=r["value"],
             ci_low=r["ci_low"],

@@ -162,8 +162,16 @@ class RunsMixin:
                 )
 
     def list_eval_results(self) -> list[dict]:
+        """Every stored metric row, with the kind of checkpoint it measures as `checkpoint_kind`."""
         with self.transaction("list eval results") as con:
-            return _decode(rows_as_dicts(con.execute("SELECT * FROM eval_results ORDER BY round_id, checkpoint_id, metric")))
+            return _decode(
+                rows_as_dicts(
+                    con.execute(
+                        "SELECT e.*, coalesce(c.kind, '?') AS checkpoint_kind FROM eval_results e "
+                        "LEFT JOIN checkpoints c ON c.id = e.checkpoint_id ORDER BY e.round_id, e.checkpoint_id, e.metric"
+                    )
+                )
+            )
 
     # --- status -----------------------------------------------------------------------------------------------
     def status(self) -> dict:

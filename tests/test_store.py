@@ -428,6 +428,7 @@ def test_exports_training_runs_and_eval_results(store):
         (base, 0.5, None, {}),
         (dpo, 0.62, 120, {"ties": 3}),
     ]
+    assert [r["checkpoint_kind"] for r in results] == ["base", "dpo"]
 
 
 def test_status_counts(store):

@@ -429,12 +429,11 @@ def evaluate(store: Store, config: EvalConfig, checkpoints: list[dict], log=prin
 def results_table(store: Store) -> str:
     from training.commands import _table
 
-    kinds = {c["id"]: c["kind"] for c in store.list_checkpoints()}
     rows = [
         dict(
             round=r["round_id"],
             checkpoint=r["checkpoint_id"],
-            kind=kinds.get(r["checkpoint_id"], "?"),
+            kind=r["checkpoint_kind"],
             metric=r["metric"],
             value="" if r["value"] is None else f"{r['value']:.3f}",
             ci95="" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
