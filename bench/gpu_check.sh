@@ -51,11 +51,11 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b}" in
     $cli model
     $cli import store/seeds/prompts.jsonl --kind prompts --source seed
     $cli round new --if-none
-    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320
+    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
     $cli label-sim --judge training.judges:shorter
     $cli export --name ppo-labels
     timed rm $cli train-rm --output-dir /root/work/ck/rm --num-train-epochs 2
-    timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 50 --learning-rate 1e-4 \
+    timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 30 --learning-rate 1e-4 \
       --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
     cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
     ;;
