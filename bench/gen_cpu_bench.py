@@ -5,7 +5,7 @@
     taskset -c 0,1 python bench/gen_cpu_bench.py --model /path/to/model   # another model, pinned to two cores
 
 Each batch size samples that many different prompts once (one left-padded `generate` call, after a warm-up call),
-through the same `training.generate.sample` that `prefloop generate` uses. Reported: generated tokens (up to the
+through the same `training.sampling.sample` that `prefloop generate` and `prefloop eval` use. Reported: generated tokens (up to the
 end-of-turn token, padding not counted) per second of wall time, and the share of responses cut at the token limit.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from training.generate import GenerateConfig, sample
 from training.models import EMBEDDED_NAME, load_for_generation
+from training.sampling import Decoding, sample
 
 PROMPTS = [
     "What is the capital of France?",
@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     model, tokenizer = load_for_generation({"id": None, "base_model": args.model, "adapter_path": None})
-    config = GenerateConfig(max_new_tokens=args.max_new_tokens)
+    config = Decoding(max_new_tokens=args.max_new_tokens)
     sample(model, tokenizer, [[{"role": "user", "content": PROMPTS[0]}]], 1, config, seed=0)  # warm-up
     device = next(model.parameters()).device
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, max_new_tokens: {args.max_new_tokens}")
@@ -51,7 +51,7 @@ def main() -> None:
         results = sample(model, tokenizer, conversations, 1, config, seed=batch_size)
         seconds = time.perf_counter() - start
         samples = [s for per_prompt in results for s in per_prompt]
-        tokens = sum(s.completion_tokens for s in samples)
+        tokens = sum(s.tokens for s in samples)
         cut = sum(s.finish_reason == "length" for s in samples) / len(samples)
         print(f"{batch_size:5d}  {seconds:7.2f}  {tokens:6d}  {tokens / seconds:8.1f}  {cut:11.0%}")
 

@@ -77,7 +77,7 @@ def seed_conversations(n: int) -> list[list[dict]]:
 
 def encode_prompts(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
     """Each conversation's prompt tokens, unpadded (batches are padded again once they are formed)."""
-    from training.generate import chat_inputs
+    from training.sampling import chat_inputs
 
     inputs = chat_inputs(tokenizer, conversations)
     return [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]

@@ -11,6 +11,8 @@
 #   ppo       a reward model on simulated labels, then train-ppo against it (reward and KL curves)
 #   ppo-eval  eval of the base and PPO checkpoints on held-out prompts (reward-model score, KL, length)
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
+#   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once
+#   loop-smoke  one short loop-sim round on the GPU: every stage's code path (static decoder, DPO, eval), timed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -30,7 +32,23 @@ timed() {
   echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b}" in
+case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b | loop-sweep | loop-smoke}" in
+  loop-smoke)
+    $cli model
+    export PREFLOOP_DB=/root/work/smoke.duckdb
+    printf 'prompts: 32\n' > /root/work/smoke-eval.yaml
+    timed smoke $cli loop-sim --name smoke --rounds 1 --judge training.judges:structured --pairs-per-round 32 \
+      --heldout-pairs 32 --eval-config /root/work/smoke-eval.yaml --report-dir /root/work/smoke-reports
+    cp /root/work/smoke-reports/smoke.json "$out/"
+    ;;
+  loop-sweep)
+    timed "sweep-${2//,/+}" python3 bench/loop_sweep.py --variants "${2:?variants}" --judges "${3:-shorter}" \
+      --work /root/work/sweep --out /root/work/sweep-out --deadline "${4:-540}" || true
+    cp /root/work/sweep-out/sweep.md "$out/sweep-$(date +%H%M%S).md"
+    cp /root/work/sweep-out/sweep.json "$out/sweep-$(date +%H%M%S).json"
+    (cd /root/work/sweep && find . -path '*/reports/*' \( -name '*.md' -o -name '*.png' -o -name '*.json' \) \
+      | tar czf "$out/sweep-reports-$(date +%H%M%S).tgz" -T -)
+    ;;
   loop)
     $cli model
     timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.judges:shorter --pairs-per-round 128 \

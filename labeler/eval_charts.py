@@ -17,17 +17,20 @@ import pandas as pd
 import streamlit as st
 
 from store import Store
-from training.metrics import Estimate, label_quality
+from training.metrics import Estimate, describe_win_rate, label_quality
 
 METRIC_LABELS = {
-    "heldout_acc_dpo": "held-out accuracy (DPO implicit reward)",
-    "heldout_acc_lnlp": "held-out accuracy (length-normalised log-prob)",
+    "judge_win_rate_vs_round0": "win rate vs round 0 (simulated judge)",
+    "judge_win_rate_vs_previous": "win rate vs previous round (simulated judge)",
     "win_rate_vs_previous": "win rate vs previous round",
+    "heldout_accuracy": "held-out preference accuracy (implicit reward vs base)",
     "reward_accuracy": "reward-model accuracy",
     "kl_to_base": "KL to base (nats per response)",
     "response_length": "mean response length (tokens)",
     "heldout_reward": "mean reward-model score of held-out samples",
 }
+# Whether the newest round improved on the one before: the first of these its checkpoint has.
+WIN_RATES_VS_PREVIOUS = ("win_rate_vs_previous", "judge_win_rate_vs_previous")
 
 
 def eval_frame(store: Store) -> pd.DataFrame:
@@ -81,8 +84,10 @@ def model_quality(store: Store) -> None:
     if frame.empty:
         st.info("No evaluation results yet: run `make eval` (or `prefloop eval --all`) after training a checkpoint.")
         return
+    st.markdown(last_round_verdict(frame))
     charts = [
-        (["heldout_acc_dpo", "heldout_acc_lnlp", "win_rate_vs_previous"], "Held-out accuracy and win rate", 0.5),
+        (["heldout_accuracy", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"], "Held-out accuracy and win rate",
+         0.5),
         (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5),
         (["kl_to_base"], "KL to the base model", None),
         (["response_length"], "Mean response length (length hacking shows here)", None),
@@ -98,6 +103,25 @@ def model_quality(store: Store) -> None:
                 st.altair_chart(rounds_chart(part, title, reference), width="stretch")
     with st.expander("All results"):
         st.dataframe(frame.drop(columns="series"), hide_index=True)
+
+
+def last_round_verdict(frame: pd.DataFrame) -> str:
+    """In words, for the lead: did the newest evaluated round beat the one before it?"""
+    policies = frame[frame["kind"] != "reward"]
+    if policies.empty:
+        return "No policy checkpoint evaluated yet."
+    last = policies["round"].max()
+    if last == 0:
+        return "Only round 0 (the base model) is evaluated: a win rate needs a trained round."
+    for metric in WIN_RATES_VS_PREVIOUS:
+        rows = policies[(policies["round"] == last) & (policies["metric"] == metric)]
+        if not rows.empty:
+            row = rows.iloc[-1]
+            estimate = Estimate(row["value"], row["ci_low"], row["ci_high"], int(row["n"]))
+            source = f" (judged by {row['source'].replace('_', ' ')})" if row["source"] else ""
+            return describe_win_rate(estimate, f"Round {last}", f"round {last - 1}") + source
+    return (f"Round {last} has no win rate over round {last - 1} yet: judge vs-previous pairs "
+            "(`prefloop generate --strategy vs-previous --split heldout`) or train a reward model, then `make eval`.")
 
 
 def _estimate_cell(estimate: Estimate) -> float | None:

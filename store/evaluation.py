@@ -1,8 +1,8 @@
 """What evaluation and the label-quality dashboard read: held-out pairs with final labels, vs-previous outcomes,
 judgment rows for agreement and bias, and gold pairs.
 
-A pair's final label is, in order: the adjudicated choice, the gold answer (an admin's known answer), or the unique
-majority of its judgments. A tied vote without either has no final label and is left out of evaluation.
+A pair's final label comes from the one rule in store/final_labels.py; pairs without an accepted one (`DECIDED`) are
+left out of evaluation.
 """
 
 from __future__ import annotations
@@ -10,22 +10,9 @@ from __future__ import annotations
 import json
 
 from store.db import StoreError
+from store.final_labels import DECIDED, FINAL_LABELS
 from store.labels import CHOICES
 from store.store import rows_as_dicts
-
-# One row per pair that has a final label: (pair_id, choice). DuckDB's QUALIFY keeps a choice only when it has the
-# most votes and no other choice has as many.
-_FINAL_LABELS = """
-    majority AS (
-        SELECT pair_id, choice FROM (SELECT pair_id, choice, count(*) AS n FROM judgments GROUP BY pair_id, choice)
-        QUALIFY n = max(n) OVER (PARTITION BY pair_id) AND count(*) OVER (PARTITION BY pair_id, n) = 1
-    ),
-    final AS (
-        SELECT p.id AS pair_id, coalesce(adj.choice, p.gold_choice, m.choice) AS choice
-        FROM pairs p LEFT JOIN adjudications adj ON adj.pair_id = p.id LEFT JOIN majority m ON m.pair_id = p.id
-        WHERE coalesce(adj.choice, p.gold_choice, m.choice) IS NOT NULL
-    )
-"""
 
 
 class EvaluationMixin:
@@ -38,15 +25,16 @@ class EvaluationMixin:
             rows = rows_as_dicts(
                 con.execute(
                     f"""
-                    WITH {_FINAL_LABELS}
-                    SELECT p.id AS pair_id, p.round_id, p.strategy, f.choice AS final_choice, pr.messages,
-                           CASE WHEN f.choice = 'a' THEN ra.id ELSE rb.id END AS chosen_id,
-                           CASE WHEN f.choice = 'a' THEN ra.text ELSE rb.text END AS chosen,
-                           CASE WHEN f.choice = 'a' THEN rb.id ELSE ra.id END AS rejected_id,
-                           CASE WHEN f.choice = 'a' THEN rb.text ELSE ra.text END AS rejected
-                    FROM final f JOIN pairs p ON p.id = f.pair_id JOIN prompts pr ON pr.id = p.prompt_id
+                    WITH {FINAL_LABELS}
+                    SELECT p.id AS pair_id, p.round_id, p.strategy, fl.final_choice, pr.messages,
+                           CASE WHEN fl.final_choice = 'a' THEN ra.id ELSE rb.id END AS chosen_id,
+                           CASE WHEN fl.final_choice = 'a' THEN ra.text ELSE rb.text END AS chosen,
+                           CASE WHEN fl.final_choice = 'a' THEN rb.id ELSE ra.id END AS rejected_id,
+                           CASE WHEN fl.final_choice = 'a' THEN rb.text ELSE ra.text END AS rejected
+                    FROM final_labels fl JOIN pairs p ON p.id = fl.pair_id JOIN prompts pr ON pr.id = p.prompt_id
                     JOIN responses ra ON ra.id = p.response_a_id JOIN responses rb ON rb.id = p.response_b_id
-                    WHERE pr.split = 'heldout' AND p.status <> 'retired' AND f.choice IN ('a', 'b')
+                    WHERE pr.split = 'heldout' AND p.status <> 'retired' AND {DECIDED}
+                      AND fl.final_choice IN ('a', 'b')
                     ORDER BY p.content_hash LIMIT ?
                     """,
                     [limit if limit is not None else 2**62],
@@ -67,15 +55,15 @@ class EvaluationMixin:
             return rows_as_dicts(
                 con.execute(
                     f"""
-                    WITH {_FINAL_LABELS}
-                    SELECT p.id AS pair_id, p.round_id, f.choice AS final_choice,
+                    WITH {FINAL_LABELS}
+                    SELECT p.id AS pair_id, p.round_id, fl.final_choice,
                            CASE WHEN ra.checkpoint_id = ? THEN 'a' ELSE 'b' END AS new_side,
                            CASE WHEN ra.checkpoint_id = ? THEN rb.checkpoint_id ELSE ra.checkpoint_id END
                                AS previous_checkpoint_id
-                    FROM final f JOIN pairs p ON p.id = f.pair_id JOIN prompts pr ON pr.id = p.prompt_id
+                    FROM final_labels fl JOIN pairs p ON p.id = fl.pair_id JOIN prompts pr ON pr.id = p.prompt_id
                     JOIN rounds r ON r.id = p.round_id
                     JOIN responses ra ON ra.id = p.response_a_id JOIN responses rb ON rb.id = p.response_b_id
-                    WHERE p.strategy = 'vs-previous' AND pr.split = 'heldout' AND p.status <> 'retired'
+                    WHERE p.strategy = 'vs-previous' AND pr.split = 'heldout' AND p.status <> 'retired' AND {DECIDED}
                       AND r.checkpoint_id = ? AND (ra.checkpoint_id = ?) <> (rb.checkpoint_id = ?)
                     ORDER BY p.id
                     """,

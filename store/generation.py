@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from store.db import StoreError
+from store.final_labels import FINAL_LABELS
 from store.labels import Judgment, _validate
 from store.prompts import ResponseIn, insert_rows, next_ids, pair_hash, response_row
 from store.store import rows_as_dicts, utcnow
@@ -44,7 +45,8 @@ class GenerationMixin:
     def prompts_for_generation(self, round_id: int, strategy: str, split: str, limit: int) -> list[dict]:
         """Up to `limit` prompts of `split` that this round has not used with this strategy yet.
 
-        Ordered by content hash: a reproducible shuffle, so a round does not take prompts in the order of import.
+        Ordered by a hash of content hash and round: a reproducible shuffle of its own for each round, so a round
+        does not take prompts in the order of import, nor the same ones as the round before it.
         """
         with self.transaction("pick prompts for generation") as con:
             rows = rows_as_dicts(
@@ -57,9 +59,9 @@ class GenerationMixin:
                       AND NOT EXISTS (SELECT 1 FROM responses r
                                       WHERE r.prompt_id = p.id AND r.sampling->>'$.round' = CAST(? AS VARCHAR)
                                         AND r.sampling->>'$.strategy' = ?)
-                    ORDER BY p.content_hash LIMIT ?
+                    ORDER BY md5(p.content_hash || ':' || CAST(? AS VARCHAR)), p.id LIMIT ?
                     """,
-                    [split, round_id, strategy, round_id, strategy, limit],
+                    [split, round_id, strategy, round_id, strategy, round_id, limit],
                 )
             )
         for row in rows:
@@ -150,11 +152,16 @@ class GenerationMixin:
             rows = rows_as_dicts(con.execute("SELECT * FROM rounds WHERE id < ? ORDER BY id DESC LIMIT 1", [round_id]))
         return rows[0] if rows else None
 
-    def count_pairs(self, round_id: int | None = None) -> int:
-        """Pairs of one round, or of the whole database (imported ones included) when None."""
+    def count_pairs(self, round_id: int | None = None, split: str | None = None, strategy: str | None = None) -> int:
+        """Pairs of one round (None: the whole database, imported ones included), of one prompt split and one
+        generation strategy when given."""
         with self.transaction("count pairs") as con:
             return con.execute(
-                "SELECT count(*) FROM pairs WHERE (? IS NULL OR round_id = ?)", [round_id, round_id]
+                """
+                SELECT count(*) FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
+                WHERE (? IS NULL OR p.round_id = ?) AND (? IS NULL OR pr.split = ?) AND (? IS NULL OR p.strategy = ?)
+                """,
+                [round_id, round_id, split, split, strategy, strategy],
             ).fetchone()[0]
 
     def generated_pairs(self, round_id: int, strategy: str | None = None) -> list[dict]:
@@ -186,17 +193,18 @@ class GenerationMixin:
 
     # --- export -----------------------------------------------------------------------------------------------
     def export_rows(self, round_id: int | None = None) -> pa.Table:
-        """Every pair with at least one judgment or an adjudication, in one round or everywhere (None), by pair id.
+        """Every pair with at least one judgment or a final label (an adjudication or a gold answer), in one round or
+        everywhere (None), by pair id.
 
         An Arrow table (the texts never become Python objects, which keeps 100k judgments fast): pair_id, round_id,
         status, overlap_target, the prompt's split, `prompt` (its messages), `response_a` and `response_b` (each a
-        one-message assistant list), the judgments' `choices` and `strengths` in judgment order, and `adjudication`
-        (null when there is none). One transaction; the caller resolves labels after it is closed.
+        one-message assistant list), the judgments' `choices` and `strengths` in judgment order, `adjudication`
+        (null when there is none), and the final label's `final_choice`, `label_source` and `complete`
+        (store/final_labels.py). One transaction; the caller applies its policies after it is closed.
         """
         with self.transaction("read judgments for export") as con:
             return con.sql(
-                """
-                WITH j AS (
+                "WITH " + FINAL_LABELS + """, j AS (
                     SELECT pair_id, list(choice ORDER BY id) AS choices, list(strength ORDER BY id) AS strengths
                     FROM judgments GROUP BY pair_id
                 )
@@ -205,11 +213,11 @@ class GenerationMixin:
                        [{'role': 'assistant', 'content': ra.text}] AS response_a,
                        [{'role': 'assistant', 'content': rb.text}] AS response_b,
                        coalesce(j.choices, []::VARCHAR[]) AS choices, coalesce(j.strengths, []::VARCHAR[]) AS strengths,
-                       adj.choice AS adjudication
-                FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
+                       adj.choice AS adjudication, fl.final_choice, fl.label_source, fl.complete
+                FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id JOIN final_labels fl ON fl.pair_id = p.id
                 JOIN responses ra ON ra.id = p.response_a_id JOIN responses rb ON rb.id = p.response_b_id
                 LEFT JOIN j ON j.pair_id = p.id LEFT JOIN adjudications adj ON adj.pair_id = p.id
-                WHERE ($round_id IS NULL OR p.round_id = $round_id) AND (j.pair_id IS NOT NULL OR adj.pair_id IS NOT NULL)
+                WHERE ($round_id IS NULL OR p.round_id = $round_id) AND (j.pair_id IS NOT NULL OR fl.final_choice IS NOT NULL)
                 ORDER BY p.id
                 """,
                 params={"round_id": round_id},

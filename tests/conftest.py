@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 from store import Store
-from tests.tiny_model import build_tiny_model
+from tests.tiny_model import build_stopping_model, build_tiny_model
 
 
 @pytest.fixture
@@ -29,3 +29,9 @@ def store(db_path):
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer Llama with a byte-level BPE tokenizer and a ChatML template, saved as an HF checkpoint."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def stopping_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model biased towards its end-of-turn token: responses of many lengths, some cut at the limit."""
+    return build_stopping_model(tiny_model_dir, tmp_path_factory.mktemp("stopping-model"))

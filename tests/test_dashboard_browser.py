@@ -70,8 +70,8 @@ def fill_two_rounds(store, run_root) -> dict:
     policy = store.register_checkpoint("dpo", "test-model", "adapters/dpo-0", round_id=0, parent_id=base)
     rewards = [store.register_checkpoint("reward", "test-model", f"adapters/rm-{r}", round_id=r, parent_id=base)
                for r in (0, 1)]
-    store.add_eval_results(base, 0, [accuracy(HELDOUT_CORRECT[0]).row("heldout_acc_lnlp")])
-    store.add_eval_results(policy, 1, [accuracy(HELDOUT_CORRECT[1]).row("heldout_acc_lnlp"),
+    store.add_eval_results(base, 0, [accuracy(HELDOUT_CORRECT[0]).row("heldout_accuracy")])
+    store.add_eval_results(policy, 1, [accuracy(HELDOUT_CORRECT[1]).row("heldout_accuracy"),
                                        win_rate(WIN_OUTCOMES).row("win_rate_vs_previous", source="human")])
     for round_id, checkpoint in enumerate(rewards):
         store.add_eval_results(checkpoint, round_id, [accuracy(REWARD_CORRECT[round_id]).row("reward_accuracy")])
@@ -176,6 +176,9 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
     screenshot(page, "dashboard")
     assert page.locator("[data-testid=stException]").count() == 0
 
+    # The lead reads the verdict in words: 3.5 of 5 human comparisons won, an interval that includes 50%.
+    verdict = page.get_by_text("Round 1 is not measurably better than round 0")
+    assert "it wins 70% of 5 held-out comparisons" in verdict.inner_text() and "judged by human" in verdict.inner_text()
     charts = page.evaluate(CHARTS_JS)
     for chart in charts:
         assert chart["svg"]["width"] > 100 and chart["svg"]["height"] > 100, chart
@@ -191,7 +194,7 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
     # Accuracy, win rate and reward-model accuracy: a point per round and metric at the stored value, with its
     # interval drawn; the reward model, evaluated in both rounds, has a line and a band across them.
     expected_points = {
-        (0, "heldout_acc_lnlp"): HELDOUT_CORRECT[0], (1, "heldout_acc_lnlp"): HELDOUT_CORRECT[1],
+        (0, "heldout_accuracy"): HELDOUT_CORRECT[0], (1, "heldout_accuracy"): HELDOUT_CORRECT[1],
         (1, "win_rate_vs_previous"): [{"win": 1, "tie": 0.5, "loss": 0}[o] for o in WIN_OUTCOMES],
         (0, "reward_accuracy"): REWARD_CORRECT[0], (1, "reward_accuracy"): REWARD_CORRECT[1],
     }

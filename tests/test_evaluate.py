@@ -221,10 +221,9 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     for (checkpoint_id, metric), row in results.items():
         by_round.setdefault(row["round_id"], set()).add((checkpoint_id, metric))
     assert by_round == {
-        0: {(s["base"], "heldout_acc_lnlp"), (s["base"], "response_length"), (s["base"], "heldout_reward")},
+        0: {(s["base"], m) for m in ("heldout_accuracy", "response_length", "heldout_reward", "kl_to_base")},
         1: {
-            (s["dpo"], "heldout_acc_lnlp"),
-            (s["dpo"], "heldout_acc_dpo"),
+            (s["dpo"], "heldout_accuracy"),
             (s["dpo"], "response_length"),
             (s["dpo"], "heldout_reward"),
             (s["dpo"], "kl_to_base"),
@@ -234,23 +233,27 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     }
     for row in results.values():
         assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    # The base model against itself: no change, and none shows.
+    assert (results[(s["base"], "kl_to_base")]["value"], results[(s["base"], "kl_to_base")]["ci_high"]) == (0.0, 0.0)
+    assert results[(s["base"], "heldout_accuracy")]["value"] == 0.5
 
-    # Held-out accuracies recomputed one pair at a time with unpadded, unmerged models.
+    # Held-out accuracy recomputed one pair at a time with unpadded, unmerged models: the implicit reward against the
+    # base model, an exact tie counting 1/2.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scenario_adapter(store, s))
     pairs = store.heldout_preference_pairs()
     assert len(pairs) == len(s["heldout"]) + 3
-    lnlp, dpo = [], []
+    correct = []
     for h in pairs:
-        (pc, nc), (pr, nr) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
+        (pc, _), (pr, _) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
         with policy.disable_adapter():
             (bc, _), (br, _) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
-        lnlp.append(pc / nc > pr / nr)
-        dpo.append((pc - bc) - (pr - br) > 0)
-    assert results[(s["dpo"], "heldout_acc_lnlp")]["value"] == pytest.approx(sum(lnlp) / len(lnlp))
-    assert results[(s["dpo"], "heldout_acc_dpo")]["value"] == pytest.approx(sum(dpo) / len(dpo))
-    assert results[(s["dpo"], "heldout_acc_dpo")]["n"] == len(pairs)
-    assert results[(s["dpo"], "heldout_acc_dpo")]["details"]["beta"] == 0.2  # from the checkpoint's config
+        correct.append((pc - bc) - (pr - br) > 0)
+    accuracy = results[(s["dpo"], "heldout_accuracy")]
+    assert 0 < sum(correct) < len(correct)  # the scenario's adapter gets some pairs right and some wrong
+    assert accuracy["value"] == pytest.approx(sum(correct) / len(correct))
+    assert accuracy["n"] == len(pairs)
+    assert accuracy["details"]["beta"] == 0.2  # from the checkpoint's config
 
     reward_model, reward_tokenizer = load_reward_model(store.get_checkpoint(s["reward"]))
 
@@ -267,9 +270,9 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     assert (win["value"], win["n"], win["details"]["source"]) == (0.625, 4, "human")
     assert win["details"]["previous_checkpoints"] == [s["base"]]
     kl = results[(s["dpo"], "kl_to_base")]
-    assert kl["n"] == 4 and kl["details"]["nats_per_token"] == pytest.approx(kl["value"] * 4 / sum_tokens(results, s))
+    assert kl["n"] == 4 and kl["details"]["prompts"] == 4 and kl["value"] != 0  # one untruncated draw per prompt
     length = results[(s["dpo"], "response_length")]
-    assert 0 <= length["value"] <= 6 and length["n"] == 4
+    assert 0 <= length["value"] <= 6 and length["n"] == 16 and length["details"]["prompts"] == 4  # 4 samples each
 
     # A rerun replaces the rows instead of adding to them; --table prints them without evaluating.
     count = len(store.list_eval_results())
@@ -287,13 +290,6 @@ def scenario_adapter(store, s):
     return store.get_checkpoint(s["dpo"])["adapter_path"]
 
 
-def sum_tokens(results, s):
-    """Total sampled tokens of the DPO checkpoint's responses, including the end-of-turn tokens scored by the KL."""
-    length = results[(s["dpo"], "response_length")]
-    stopped = length["n"] - length["details"]["truncated"]
-    return length["value"] * length["n"] + stopped
-
-
 def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
     s = scenario
     argv = ["--db", str(db_path), "eval", "--checkpoint", str(s["dpo"]), "--prompts", "3", "--max-new-tokens", "5",
@@ -301,20 +297,20 @@ def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
     assert main(argv) == 0
     win = _results(store)[(s["dpo"], "win_rate_vs_previous")]
     assert win["details"] == {"source": "reward_model", "reward_checkpoint": s["reward"],
-                              "previous_checkpoints": [s["base"]]}
-    assert win["n"] == 3 and 0 <= win["value"] <= 1
-    assert win["value"] * 6 == pytest.approx(round(win["value"] * 6))  # wins and ties over 3 prompts: k/6
+                              "previous_checkpoints": [s["base"]], "prompts": 3}
+    assert win["n"] == 12 and 0 <= win["value"] <= 1  # 3 prompts x 4 samples of each model
+    assert win["value"] * 24 == pytest.approx(round(win["value"] * 24))  # wins and half-point ties over 12
     # The mean reward of the same samples, by the same reward model, scored one at a time.
     from training.evaluate import EvalConfig, Evaluator, score_responses, spec_of
 
     evaluator = Evaluator(store, EvalConfig(prompts=3, max_new_tokens=5))
     samples = evaluator.samples(spec_of(store.get_checkpoint(s["dpo"])))
     model, tokenizer = evaluator.reward_model(store.get_checkpoint(s["reward"]))
-    scores = [score_responses(model, tokenizer, [evaluator.prompts[x.prompt_index]["messages"]], [x.text],
-                              EvalConfig(batch_size=1))[0] for x in samples]
+    scores = [score_responses(model, tokenizer, [prompt["messages"]], [x.text], batch_size=1)[0]
+              for prompt, row in zip(evaluator.prompts, samples) for x in row]
     mean_reward = _results(store)[(s["dpo"], "heldout_reward")]
-    assert mean_reward["value"] == pytest.approx(sum(scores) / 3, abs=1e-5)
-    assert (mean_reward["n"], mean_reward["details"]["reward_checkpoint"]) == (3, s["reward"])
+    assert mean_reward["value"] == pytest.approx(sum(scores) / 12, abs=1e-5)
+    assert (mean_reward["n"], mean_reward["details"]["reward_checkpoint"]) == (12, s["reward"])
     assert {r["round_id"] for r in store.list_eval_results()} == {1}
     # Seeded sampling and bootstrap: the same command gives the same numbers.
     first = {(r["metric"]): (r["value"], r["ci_low"], r["ci_high"]) for r in store.list_eval_results()}
@@ -403,10 +399,13 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     # Every chart carries its data: the accuracy chart has both rounds' points with their intervals.
     accuracy = chart_rows(elements[0], "metric")
     assert sorted({(row["round"], row["metric"]) for row in accuracy}) == [
-        (0, "heldout_acc_lnlp"), (1, "heldout_acc_dpo"), (1, "heldout_acc_lnlp"), (1, "win_rate_vs_previous")
+        (0, "heldout_accuracy"), (1, "heldout_accuracy"), (1, "win_rate_vs_previous")
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
     assert sorted(row["round"] for row in chart_rows(elements[2], "metric")) == [0, 1]  # base and DPO samples
+    # In words, for the lead: the human vs-previous pairs say round 1 won 0.625 of 4, an interval that includes 50%.
+    assert any("Round 1 is not measurably better than round 0" in m.value and "judged by human" in m.value
+               for m in app.markdown)
     curves = chart_rows(elements[6], "tag")
     assert len(curves) == 10 and {row["tag"] for row in curves} == {"train/loss", "train/rewards/accuracies"}
     assert [m.label for m in app.metric] == ["Cohen's kappa", "Krippendorff's alpha"]

@@ -8,36 +8,12 @@ from store import PromptIn, Store, StoreError
 from store.prompts import pair_hash
 from training.cli import main
 from training.config import ConfigError
-from training.generate import GenerateConfig, generate, pair_indices
+from training.generate import ROUND_SEED_STRIDE, GenerateConfig, generate
+from training.pair_selection import eligible_pairs, select_pair, shuffle_sides
+from training.sampling import Sample
 from training.rounds import start_round
 
 MAX_NEW_TOKENS = 12
-
-
-@pytest.fixture(scope="module")
-def stopping_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with a bias towards the end-of-turn token, so responses both stop and get cut at the limit.
-
-    Embedding dimension 0 is set to 1 for every token, which makes it dominate the normalised hidden state; an untied
-    output head whose EOS row is larger in that dimension then adds a constant to the EOS logit (about 15% per step).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        embedding = model.get_input_embeddings().weight
-        embedding[:, 0] = 1.0
-        head = embedding.clone()
-        head[tokenizer.eos_token_id, 0] = 1.75
-    model.config.tie_word_embeddings = False
-    model.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)
-    model.lm_head.weight = torch.nn.Parameter(head)
-    directory = tmp_path_factory.mktemp("stopping-model")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +38,37 @@ def config(**overrides) -> GenerateConfig:
     return GenerateConfig(**(values | overrides))
 
 
-def test_pair_indices_skips_empty_and_identical_responses():
-    assert pair_indices(["a", "b"]) == [(0, 1)]
-    assert pair_indices(["same", " same\n"]) == []
-    assert pair_indices(["", "text"]) == []
-    assert pair_indices(["  \n", "\t"]) == []
-    # Neighbouring distinct responses: the repeat and the empty one drop out, the rest form a chain.
-    assert pair_indices(["x", "x ", "", "y", "z"]) == [(0, 3), (3, 4)]
-    assert pair_indices(["one", "two", "three", "four"]) == [(0, 1), (1, 2), (2, 3)]
+def drawn(*texts: str, cut: str = "") -> list[Sample]:
+    """Samples with these texts; those whose index is in `cut` were cut off at the token limit."""
+    return [Sample([1], [2], t, len(t.split()), "length" if str(i) in cut else "stop") for i, t in enumerate(texts)]
+
+
+def test_eligible_pairs_never_empty_identical_or_both_cut_off():
+    assert eligible_pairs(drawn("a", "b")) == [(0, 1)]
+    assert eligible_pairs(drawn("same", " same\n")) == []
+    assert eligible_pairs(drawn("", "text")) == []
+    assert eligible_pairs(drawn("  \n", "\t")) == []
+    assert eligible_pairs(drawn("one", "two", cut="01")) == []  # nothing to prefer between two unfinished answers
+    assert eligible_pairs(drawn("one", "two", "three", cut="01")) == [(0, 2), (1, 2)]
+    assert eligible_pairs(drawn("x", "x ", "", "y")) == [(0, 3), (1, 3)]
+
+
+def test_pair_selection_strategies():
+    samples = drawn("the cat sat on the mat", "the cat sat on a mat", "dogs bark at the moon", "a cat sat")
+    # Most different: the dog sentence shares "the" with the first two, nothing with the last one.
+    assert select_pair(samples, "most-different") == (2, 3)
+    scores = [0.1, 0.2, 3.0, -1.0]
+    assert select_pair(samples, "reward-extremes", scores) == (2, 3)  # highest against lowest
+    assert select_pair(samples, "reward-uncertain", scores) == (0, 1)  # the closest scores
+    # An ineligible pair is never chosen, however far apart its scores.
+    assert select_pair(drawn("a b", "c d", "a b c", cut="01"), "reward-extremes", [5.0, -5.0, 0.0]) == (0, 2)
+    assert select_pair(drawn("same", "same"), "most-different") is None
+    with pytest.raises(ValueError, match="needs reward scores"):
+        select_pair(samples, "reward-extremes")
+    # The stored order of a selected pair is a seeded coin per prompt: both orders occur, each reproducibly.
+    orders = {shuffle_sides((2, 3), seed=0, prompt_id=i) for i in range(40)}
+    assert orders == {(2, 3), (3, 2)}
+    assert shuffle_sides((2, 3), 0, 7) == shuffle_sides((2, 3), 0, 7)
 
 
 @pytest.mark.parametrize("engine", ["hf", "static"])
@@ -81,6 +80,8 @@ def test_generation_records_lineage(store, stopping_model_dir, engine):
 
     pairs = store.generated_pairs(round_id)
     assert summary.prompts == 6 and summary.responses == 18 and summary.pairs == len(pairs) > 0
+    assert len({p["prompt_id"] for p in pairs}) == len(pairs)  # one pair per prompt, chosen among its 3 samples
+    assert summary.selection == "most-different"
     prompts = {p["id"]: p for p in store.list_prompts()}
     finish_reasons = set()
     for pair in pairs:
@@ -107,12 +108,13 @@ def test_generation_records_lineage(store, stopping_model_dir, engine):
                 round=round_id,
                 strategy="samples",
             )
-            assert sampling["seed"] - 5 in prompts  # seed + the batch's first prompt id
+            assert sampling["seed"] - 5 - ROUND_SEED_STRIDE * round_id in prompts  # + the batch's first prompt id
             reason, tokens = pair[f"{side}_finish_reason"], pair[f"{side}_completion_tokens"]
             assert (reason == "length") == (tokens == MAX_NEW_TOKENS)
             assert "<|im_end|>" not in pair[f"{side}_text"]
             finish_reasons.add(reason)
-    assert finish_reasons == {"stop", "length"}
+        assert "stop" in (pair["a_finish_reason"], pair["b_finish_reason"])  # never two cut-off answers
+    assert "stop" in finish_reasons and 0 < summary.truncated < summary.responses  # some samples were cut off
 
     # Every prompt used is marked, with or without a pair: the next run takes six others.
     train = [p["id"] for p in prompts.values() if p["split"] == "train"]
@@ -126,22 +128,27 @@ def test_generation_records_lineage(store, stopping_model_dir, engine):
 
 
 @pytest.mark.parametrize("engine", ["hf", "static"])
-def test_generation_is_reproducible(tmp_path, tiny_model_dir, engine):
-    def texts(name: str, seed: int) -> list[str]:
+def test_generation_is_reproducible(tmp_path, stopping_model_dir, engine):
+    def texts(name: str, seed: int, round_id: int = 0) -> list[str]:
         store = Store(tmp_path / f"{name}.duckdb")
         add_prompts(store, 20)
-        store.new_round(store.register_checkpoint("base", str(tiny_model_dir)))
+        for _ in range(round_id + 1):
+            store.new_round(store.register_checkpoint("base", str(stopping_model_dir)))
         generate(store, config(seed=seed, num_prompts=4, engine=engine), progress=False)
-        return [(p["a_text"], p["b_text"]) for p in store.generated_pairs(0)]
+        return [(p["prompt_id"], p["a_text"], p["b_text"]) for p in store.generated_pairs(round_id)]
 
     first = texts("first", 1)
     assert first and texts("second", 1) == first
     assert texts("other-seed", 2) != first
+    # Another round of the same checkpoint starts on other prompts and draws other samples: the round is in the seed.
+    later = texts("round-1", 1, round_id=1)
+    assert later and {p for p, _, _ in later} != {p for p, _, _ in first}
+    assert not {(a, b) for _, a, b in later} & {(a, b) for _, a, b in first}
 
 
-def test_heldout_generation_uses_only_heldout_prompts(store, tiny_model_dir):
+def test_heldout_generation_uses_only_heldout_prompts(store, stopping_model_dir):
     add_prompts(store, 60)
-    round_id = store.new_round(store.register_checkpoint("base", str(tiny_model_dir)))
+    round_id = store.new_round(store.register_checkpoint("base", str(stopping_model_dir)))
     heldout = {p["id"] for p in store.list_prompts(split="heldout")}
     assert heldout, "the fixture needs held-out prompts"
     generate(store, config(split="heldout", num_prompts=len(heldout) + 5, samples_per_prompt=2), progress=False)
@@ -154,14 +161,14 @@ def test_heldout_generation_uses_only_heldout_prompts(store, tiny_model_dir):
 
 
 @pytest.mark.parametrize("engine", ["hf", "static"])
-def test_vs_previous_pairs_current_and_previous_checkpoints(store, tiny_model_dir, adapter_dir, engine):
+def test_vs_previous_pairs_current_and_previous_checkpoints(store, stopping_model_dir, adapter_dir, engine):
     add_prompts(store, 20)
-    base = store.register_checkpoint("base", str(tiny_model_dir))
+    base = store.register_checkpoint("base", str(stopping_model_dir))
     store.new_round(base)
     with pytest.raises(StoreError, match="first round"):
         generate(store, config(strategy="vs-previous"), progress=False)
     tuned = store.register_checkpoint(
-        "dpo", str(tiny_model_dir), adapter_path=str(adapter_dir), round_id=0, parent_id=base
+        "dpo", str(stopping_model_dir), adapter_path=str(adapter_dir), round_id=0, parent_id=base
     )
     round_id, checkpoint = start_round(store)
     assert checkpoint["id"] == tuned
@@ -212,19 +219,22 @@ def test_auto_engine_is_static_on_a_gpu_without_unsloth(monkeypatch):
     import sys
 
     from training import models
-    from training.generate import decoding_engine
+    from training.sampling import engine_for
+
+    def engine(**overrides):
+        return engine_for(config(**overrides).decoding)
 
     monkeypatch.delitem(sys.modules, "unsloth", raising=False)
     monkeypatch.setattr(models, "accelerator", lambda: "cpu")
-    assert decoding_engine(config()) == "hf" and decoding_engine(config(engine="static")) == "static"
+    assert engine() == "hf" and engine(engine="static") == "static"
     monkeypatch.setattr(models, "accelerator", lambda: "cuda")
-    assert decoding_engine(config()) == "static" and decoding_engine(config(engine="hf")) == "hf"
+    assert engine() == "static" and engine(engine="hf") == "hf"
     monkeypatch.setitem(sys.modules, "unsloth", object())  # imported: transformers' classes are patched
-    assert decoding_engine(config()) == "hf"
+    assert engine() == "hf"
 
 
-def test_round_and_generate_commands(db_path, tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setenv("MODEL", str(tiny_model_dir))
+def test_round_and_generate_commands(db_path, tiny_model_dir, stopping_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL", str(stopping_model_dir))
     store = Store(db_path)
     add_prompts(store, 20)
     db = ["--db", str(db_path)]
@@ -235,7 +245,7 @@ def test_round_and_generate_commands(db_path, tiny_model_dir, monkeypatch, capsy
     assert main(db + ["round", "new", "--if-none"]) == 0  # idempotent: still one round
     assert [r["id"] for r in store.list_rounds()] == [0]
     (checkpoint,) = store.list_checkpoints()
-    assert (checkpoint["kind"], checkpoint["base_model"]) == ("base", str(tiny_model_dir))
+    assert (checkpoint["kind"], checkpoint["base_model"]) == ("base", str(stopping_model_dir))
 
     args = ["generate", "--if-no-pairs", "--num-prompts", "3", "--max-new-tokens", "8", "--batch-size", "4"]
     assert main(db + args) == 0
@@ -288,7 +298,7 @@ def test_static_decoder_greedy_matches_generate(chatty_model_dir):
     import torch
 
     from training.decode import StaticDecoder
-    from training.generate import chat_inputs
+    from training.sampling import chat_inputs
     from training.models import load_for_generation
 
     model, tokenizer = load_for_generation({"id": None, "base_model": str(chatty_model_dir), "adapter_path": None})
@@ -361,7 +371,7 @@ def test_decode_step_never_reads_back_to_the_host(tiny_model_dir):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from training.decode import StaticDecoder
-    from training.generate import chat_inputs
+    from training.sampling import chat_inputs
     from training.models import load_for_generation
 
     class Record(TorchDispatchMode):
@@ -442,3 +452,44 @@ def test_batch_size_zero_is_the_engines_default(store, stopping_model_dir, engin
     generate(store, config(num_prompts=20, samples_per_prompt=2, batch_size=0, engine=engine), progress=False)
     seeds = {p[f"{side}_sampling"]["seed"] for p in store.generated_pairs(round_id) for side in "ab"}
     assert len(seeds) == -(-20 // prompts_per_batch)
+
+
+def test_reward_model_picks_its_highest_against_its_lowest(store, stopping_model_dir, tmp_path):
+    """With a reward model registered, auto selection stores the sample it scores highest against the one it scores
+    lowest (among eligible pairs), recomputed here by drawing the same samples again and scoring each one alone."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from training.evaluate import load_reward_model, score_responses
+    from training.models import load_for_generation
+    from training.sampling import sample
+
+    add_prompts(store, 20)
+    base = store.register_checkpoint("base", str(stopping_model_dir))
+    round_id = store.new_round(base)
+    with pytest.raises(ValueError, match="needs a registered reward model"):
+        generate(store, config(pair_selection="reward-uncertain"), progress=False)
+    torch.manual_seed(3)
+    classifier = AutoModelForSequenceClassification.from_pretrained(stopping_model_dir, num_labels=1)
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      task_type="SEQ_CLS")
+    get_peft_model(classifier, lora).save_pretrained(tmp_path / "rm")
+    reward = store.register_checkpoint("reward", str(stopping_model_dir), str(tmp_path / "rm"), parent_id=base)
+
+    settings = config(num_prompts=6, samples_per_prompt=4, batch_size=24, engine="hf")  # one batch of 6 prompts
+    batch = store.prompts_for_generation(round_id, "samples", "train", 6)
+    summary = generate(store, settings, progress=False)
+    assert summary.selection == "reward-extremes" and summary.pairs > 0
+    model, tokenizer = load_for_generation(store.get_checkpoint(base), unsloth=False)
+    reward_model, reward_tokenizer = load_reward_model(store.get_checkpoint(reward))
+    pairs = {p["prompt_id"]: p for p in store.generated_pairs(round_id)}
+    seed = next(iter(pairs.values()))["a_sampling"]["seed"]
+    again = sample(model, tokenizer, [p["messages"] for p in batch], 4, settings.decoding, seed)
+    expected = {}
+    for prompt, samples in zip(batch, again):
+        scores = [score_responses(reward_model, reward_tokenizer, [prompt["messages"]], [s.text])[0] for s in samples]
+        pick = select_pair(samples, "reward-extremes", scores)
+        if pick is not None:
+            expected[prompt["id"]] = {samples[pick[0]].text, samples[pick[1]].text}
+    assert expected and {i: {p["a_text"], p["b_text"]} for i, p in pairs.items()} == expected

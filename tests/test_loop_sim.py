@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,31 +34,45 @@ def test_builtin_judges_and_loading():
         load_judge("training.judges:missing")
 
 
+def scaled_down_recipe(tmp_path):
+    """configs/dpo.yaml with only what the tiny model's size calls for changed: one batch of 8 pairs a step, short
+    sequences, and a learning rate for 32-wide layers (a LoRA step moves the output by about lr x width)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    dpo = yaml.safe_load((root / "configs" / "dpo.yaml").read_text())
+    dpo |= dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, max_length=256, learning_rate=2e-2,
+                report_to=["none"])
+    files = {
+        "dpo": dpo,
+        "generate": dict(max_new_tokens=24, batch_size=64, write_batch_size=64),
+        "eval": dict(prompts=32, max_new_tokens=24, bootstrap=500),
+    }
+    for name, values in files.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    return {f"{name}_config": str(tmp_path / f"{name}.yaml") for name in files}
+
+
 @pytest.mark.slow
-def test_two_rounds_improve_preference_accuracy(store, tiny_model_dir, tmp_path, monkeypatch):
+def test_the_loop_makes_the_model_better_under_the_judge(store, stopping_model_dir, tmp_path, monkeypatch):
+    """Two rounds of the default recipe, scaled down, on a tiny model whose answers have many lengths: the `shorter`
+    judge's preference is learned, and the figures show it (win rate over round 0 and KL with intervals above 0.5 and
+    0), while the base model's own figures show no change."""
     monkeypatch.chdir(tmp_path)  # checkpoints/ lands here
-    monkeypatch.setenv("MODEL", str(tiny_model_dir))
-    dpo_yaml = tmp_path / "dpo.yaml"
-    # All linear layers: attention-only LoRA on a 2-layer, 32-wide random model barely moves its token distribution.
-    # Random batches: on 48 pairs, length grouping sorts the whole epoch into 6 batches of like lengths, and with
-    # this length-correlated judge round 1's held-out accuracy came out at 0.48 (it is a speed lever for big exports).
-    dpo_yaml.write_text("lora_targets: [all-linear]\nper_device_train_batch_size: 8\ngradient_accumulation_steps: 1\ngroup_by_length: false\n")
+    monkeypatch.setenv("MODEL", str(stopping_model_dir))
     config = build(
         LoopConfig,
         None,
         dict(
             name="cpu-loop",
             rounds=2,
-            judge="tests.test_loop_sim:prefers_letter_e",
+            judge="training.judges:shorter",
             prompts_file=str(SEEDS),
             pairs_per_round=48,
-            heldout_pairs=32,
-            max_new_tokens=24,
-            learning_rate=3e-2,
-            dpo_epochs=4,
-            eval_prompts=32,
-            dpo_config=str(dpo_yaml),
+            heldout_pairs=24,
+            health_prompts=16,
             report_dir=str(tmp_path / "reports"),
+            **scaled_down_recipe(tmp_path),
         ),
     )
     rows = run_loop(store, config, log=lambda *_: None)
@@ -65,20 +80,54 @@ def test_two_rounds_improve_preference_accuracy(store, tiny_model_dir, tmp_path,
     assert [row["round"] for row in rows] == [0, 1, 2]
     report = (tmp_path / "reports" / "cpu-loop.md").read_text()
     assert "| 2 |" in report and (tmp_path / "reports" / "cpu-loop.png").stat().st_size > 0
-    first, last = rows[0]["heldout_acc_lnlp"], rows[-1]["heldout_acc_lnlp"]
-    assert first["n"] == last["n"] > 0  # the same judged held-out pairs score every round
-    assert last["value"] > first["value"]
-    assert rows[1]["heldout_acc_dpo"]["value"] > 0.5
-    for row in rows[1:]:
-        assert row["judge_win_rate_vs_round0"]["n"] == 32
-        assert row["kl_to_base"]["value"] is not None
+    summary = json.loads((tmp_path / "reports" / "cpu-loop.json").read_text())
+    assert (summary["judge"], summary["noise"], summary["rounds"]) == ("training.judges:shorter", 0.0, 2)
+    win = summary["win_rate_vs_round0"]
+    assert win["n"] == 32 * 4 and win["low"] > 0.5, win  # 32 held-out prompts x 4 samples of each model
+    last_kl = rows[-1]["kl_to_base"]
+    assert last_kl["ci_low"] > 0, last_kl
+    assert rows[0]["kl_to_base"]["value"] == 0 and rows[0]["heldout_accuracy"]["value"] == 0.5  # no change, none shown
+    assert rows[-1]["heldout_accuracy"]["value"] > 0.5
+    assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
+    state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
+    assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}
+    assert state["stages"]["round-1/health"]["checked"]
 
     # Every judgment went through the store as the simulated annotator; a rerun finds every stage finished.
-    sim = store.get_annotator("sim:prefers_letter_e")
+    sim = store.get_annotator("sim:shorter")
     assert sim is not None and sim.role == "simulated"
     checkpoints_before = len(store.list_checkpoints())
     assert run_loop(store, config, log=lambda *_: None) == rows
     assert len(store.list_checkpoints()) == checkpoints_before
+
+
+def test_health_check_stops_a_collapsed_policy(store, stopping_model_dir, tmp_path, monkeypatch):
+    """An adapter that makes the model answer nothing but the end-of-turn token: the loop stops with the figures."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from store import PromptIn
+    from training.loop_sim import LoopError, _check_health
+
+    monkeypatch.chdir(tmp_path)
+    store.heldout_fraction = 1.0
+    store.add_prompts([PromptIn([{"role": "user", "content": f"Question {i}?"}], "test") for i in range(8)])
+    model = AutoModelForCausalLM.from_pretrained(stopping_model_dir)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=2, target_modules=["lm_head"], init_lora_weights=False))
+    eos = model.config.eos_token_id
+    with torch.no_grad():  # the update adds a huge constant to the EOS logit
+        peft.base_model.model.lm_head.lora_A["default"].weight.fill_(1.0)
+        peft.base_model.model.lm_head.lora_B["default"].weight.zero_()
+        peft.base_model.model.lm_head.lora_B["default"].weight[eos] = 100.0
+    peft.save_pretrained(tmp_path / "collapsed")
+    base = store.register_checkpoint("base", str(stopping_model_dir))
+    collapsed = store.register_checkpoint("dpo", str(stopping_model_dir), str(tmp_path / "collapsed"), parent_id=base)
+    config = build(LoopConfig, None, dict(health_prompts=8, eval_config=scaled_down_recipe(tmp_path)["eval_config"]))
+    with pytest.raises(LoopError, match=r"checkpoint \d+ collapsed: 100% of 8 held-out answers are empty"):
+        _check_health(store, config, collapsed, log=lambda *_: None)
+    healthy = _check_health(store, config, base, log=lambda *_: None)
+    assert healthy["empty_share"] < 0.5 and healthy["kl_to_base"] == 0
 
 
 def test_noise_flips_choices(store, tmp_path):

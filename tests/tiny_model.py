@@ -56,3 +56,27 @@ def build_tiny_model(directory: Path, vocab_size: int = 384, seed: int = 0) -> P
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def build_stopping_model(tiny_model_dir: Path, directory: Path) -> Path:
+    """The tiny model with a bias towards the end-of-turn token, so responses both stop and get cut at the limit.
+
+    Embedding dimension 0 is set to 1 for every token, which makes it dominate the normalised hidden state; an untied
+    output head whose EOS row is larger in that dimension then adds a constant to the EOS logit (about 15% per step).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding[:, 0] = 1.0
+        head = embedding.clone()
+        head[tokenizer.eos_token_id, 0] = 1.75
+    model.config.tie_word_embeddings = False
+    model.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

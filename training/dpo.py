@@ -6,7 +6,8 @@
     make train-dpo CONFIG=configs/dpo.yaml ARGS="--max-steps 20"
 
 Iterative. The policy starts from the parent checkpoint (--parent, or the newest policy checkpoint: the one that
-generated the newest round, or an SFT run since) and the reference model IS that checkpoint:
+generated the newest round, or an SFT run since) and, with `reference: parent` (the default), the reference model IS
+that checkpoint (`reference: base` disables every adapter for the reference instead: the base model):
 - parent with an adapter (an earlier DPO or SFT round): the adapter is loaded trainable and training continues it.
   TRL then keeps a frozen copy of it as a second adapter, "ref", and computes the reference log-probs with that
   adapter active, so the reference is exactly the parent: same base weights, same adapter weights, no merge rounding.
@@ -76,6 +77,11 @@ class DPOTrainConfig(TrainConfig):
     )
     loss_weights: list[float] = opt([], "weight of each loss_type when there are several; empty: 1 each")
     label_smoothing: float = opt(0.0, "robust DPO: assumed label-flip probability in [0, 0.5); exo_pair: its epsilon")
+    reference: str = opt(
+        "parent",
+        "the reference model: parent (the checkpoint this run continues: each round is pulled towards the last one) "
+        "or base (the base model: every round is pulled towards where the loop started)",
+    )
     # Throughput levers (training/batching.py, training/reference_logps.py): none changes the objective.
     group_by_length: bool = opt(
         True, "micro-batches of pairs of similar length (seeded; every pair once per epoch): far less padding"
@@ -107,7 +113,8 @@ def train(
 
         test = data["test"].select_columns(list(PREFERENCE_COLUMNS)) if "test" in data else None
         # What cached reference log-probs depend on besides the numerics (build_trainer adds those).
-        reference = {"export": export["name"], "export_id": export["id"], "base": base_model, "adapter": adapter_path}
+        reference = {"export": export["name"], "export_id": export["id"], "base": base_model,
+                     "adapter": adapter_path if config.reference == "parent" else None}
         trainer = build_trainer(
             config,
             loaded,
@@ -117,7 +124,7 @@ def train(
             callbacks,
             reference_cache=(Path(export["path"]) / "ref-logps", reference),
         )
-        print("reference model: " + ("the parent's adapter (frozen copy)" if adapter_path else "the base model"))
+        print("reference model: " + ("the parent's adapter (frozen copy)" if reference["adapter"] else "the base model"))
 
         metrics = run.train(trainer)
         if config.evaluate and trainer.eval_dataset is not None:
@@ -162,6 +169,12 @@ def build_trainer(
         processing_class=loaded.tokenizer,
         callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
     )
+    if config.reference not in ("parent", "base"):
+        raise ValueError(f"reference must be parent or base, not {config.reference!r}")
+    if config.reference == "base" and "ref" in trainer.model.peft_config:
+        # TRL computes the reference with the "ref" adapter (its frozen copy of the parent's) active, and with every
+        # adapter disabled when there is none: without it, the reference is the base model.
+        trainer.model.delete_adapter("ref")
     levers = [f"{install_lm_head(trainer, config.lm_head, loaded.device)} LM head"]
     if config.length_buckets > 1 and not trainer.is_fsdp_enabled:  # FSDP would gather the weights once per pass
         use_length_buckets(trainer.model, config.length_buckets)  # after the LM head, whose forward it splits

@@ -17,10 +17,11 @@ The split comes from the prompt's fixed split: held-out prompts go to `test` and
 
 Policies, applied per pair in this order:
   1. retired pairs are dropped;
-  2. an adjudication is the final label; otherwise pairs with fewer judgments than their overlap target are dropped
-     as incomplete (--include-incomplete keeps them), and the label is the strict majority of the judgments:
-     without one (1 vs 1, or a 1-1-1 split) the pair is dropped as a disagreement;
-  3. unadjudicated pairs whose agreement is below --min-agreement are dropped;
+  2. the label is the pair's final label (store/final_labels.py: adjudication, else gold answer, else the strict
+     majority of its judgments, the rule evaluation uses too); a pair labeled by its judgments alone that has fewer
+     than its overlap target is dropped as incomplete (--include-incomplete keeps it, with the majority so far), and
+     one without a strict majority (1 vs 1, a 1-1-1 split, [a, a, b, tie]) is dropped as a disagreement;
+  3. pairs labeled by their judgments whose agreement is below --min-agreement are dropped;
   4. ties are dropped (no preference to learn); both-bad pairs are dropped, or with --both-bad negatives both
      responses become unpaired negatives (`prompt`, `completion`, `label` False, as TRL's KTO reads them) in the
      splits train_negatives / test_negatives.
@@ -94,22 +95,19 @@ class Resolution:
 
 
 def resolve(row: dict, config: ExportConfig) -> Resolution:
-    """The final label of one pair (a row of `Store.export_rows`), under the policies of the module docstring."""
-    choices, strengths, adjudication = row["choices"], row["strengths"], row["adjudication"]
+    """The label one pair (a row of `Store.export_rows`) is exported with, under the policies of the module docstring."""
+    choices, strengths, label = row["choices"], row["strengths"], row["final_choice"]
     if row["status"] == "retired":
         return Resolution(None, "retired", None, 0.0)
-    if adjudication is not None:
-        label = adjudication
-    else:
-        if len(choices) < row["overlap_target"] and not config.include_incomplete:
-            return Resolution(None, "incomplete", None, 0.0)
-        label = max(sorted(set(choices)), key=choices.count)
-        if 2 * choices.count(label) <= len(choices):
-            return Resolution(None, "disagreement", None, 0.0)
+    by_judgments = row["label_source"] in ("majority", None)
+    if by_judgments and not row["complete"] and not config.include_incomplete:
+        return Resolution(None, "incomplete", None, 0.0)
+    if label is None:
+        return Resolution(None, "disagreement", None, 0.0)
     agreeing = [s for c, s in zip(choices, strengths) if c == label]
     agreement = len(agreeing) / len(choices) if choices else None
     margin = sum(STRENGTH_MARGIN[s] for s in agreeing) / len(agreeing) if agreeing else 1.0
-    if adjudication is None and agreement < config.min_agreement:
+    if by_judgments and agreement < config.min_agreement:
         return Resolution(None, "low_agreement", agreement, margin)
     if label == "tie" or (label == "both_bad" and config.both_bad == "drop"):
         return Resolution(None, label, agreement, margin)
@@ -121,7 +119,7 @@ def build_splits(table: pa.Table, config: ExportConfig) -> tuple[dict[str, pa.Ta
 
     Labels are resolved in Python over the small columns; the texts are only ever moved by Arrow `take`.
     """
-    small = table.select(["status", "overlap_target", "choices", "strengths", "adjudication"]).to_pylist()
+    small = table.select(["status", "choices", "strengths", "final_choice", "label_source", "complete"]).to_pylist()
     split_of = ["test" if s == "heldout" else "train" for s in table["split"].to_pylist()]
     picks: dict[str, list[tuple[int, Resolution]]] = {"train": [], "test": []}
     negatives: dict[str, list[tuple[int, Resolution]]] = {"train": [], "test": []}
@@ -284,9 +282,10 @@ held-out prompts are only ever in `test`, in every export of every round.
 ## Policies
 
 - Policy settings: `{json.dumps(config.policy(), sort_keys=True)}`
-- An adjudication is the final label. Otherwise the strict majority of the judgments is, and a pair without one is
-  dropped (disagreement); pairs with fewer judgments than their overlap target are dropped as incomplete unless
-  `include_incomplete` is set; unadjudicated pairs with agreement below `min_agreement` are dropped.
+- The final label is the adjudication, else the gold answer, else the strict majority (more than half) of the
+  judgments; a pair without one is dropped (disagreement). Pairs labeled by their judgments that have fewer than their
+  overlap target are dropped as incomplete unless `include_incomplete` is set, and those with agreement below
+  `min_agreement` are dropped.
 - Ties are dropped. Both-bad pairs are dropped, or with `both_bad: negatives` both responses become unpaired negatives
   (`prompt`, `completion`, `label` = false) in the `negatives` config, for KTO-style training.
 

@@ -1,57 +1,62 @@
-"""Candidate generation: sample responses from a round's checkpoint and store them as pairs to label.
+"""Candidate generation: sample k responses per prompt from a round's checkpoint and store the pair worth judging.
 
-    prefloop generate --num-prompts 64 --samples-per-prompt 2 --max-new-tokens 256
+    prefloop generate --num-prompts 64 --samples-per-prompt 4 --max-new-tokens 256
     prefloop generate --strategy vs-previous --split heldout     # current vs previous round, for win rate
     make generate ARGS="--num-prompts 16"
 
 Strategies:
-  samples      k >= 2 samples of the round's checkpoint per prompt; neighbouring distinct samples form pairs
-               (k = 2 gives one pair, k = 4 gives three: 1-2, 2-3, 3-4, which links all four for a ranking).
-  vs-previous  one sample of the round's checkpoint (response a) and one of the previous round's (response b) on the
-               same prompt; their judgments measure the new model's win rate.
+  samples      k samples of the round's checkpoint per prompt (default 4); of those, one pair is stored: the one the
+               pair selection picks (training/pair_selection.py: the most different two, or with a reward model its
+               highest- against its lowest-scored). Never two cut-off responses, two identical texts or an empty one.
+  vs-previous  one sample of the round's checkpoint and one of the previous round's on the same prompt; their
+               judgments measure the new model's win rate.
 
 The prompts are the ones the round has not used with this strategy yet, train split by default (held-out prompts make
-evaluation pairs and never reach a training export). Generation applies the chat template with the generation prompt
-and stops at the end-of-turn token; a response cut at `max_new_tokens` is stored with finish_reason 'length'. Each
-batch is seeded with `seed + its first prompt id`, recorded with every response, so the same database and config give
-the same responses (on the same engine, which the record names too). Every `write_batch_size` prompts are written in
-one short transaction.
+evaluation pairs and never reach a training export), in an order shuffled per round, so each round starts on other
+prompts. Generation applies the chat template with the generation prompt and stops at the end-of-turn token; a
+response cut at `max_new_tokens` is stored with finish_reason 'length'. Each batch is seeded with
+`seed + 1,000,000 x round + its first prompt id`, recorded with every response: rounds draw different samples, and the
+same database and config give the same responses (on the same engine, which the record names too). Every
+`write_batch_size` prompts are written in one short transaction; every sample is stored, paired or not.
 
-Engines: `static` (training/decode.py: preallocated KV cache, the decode step replayed as a CUDA graph; the default on
-a GPU, in batches of 256 unless --batch-size says otherwise) or `hf` (transformers' `generate`, Unsloth's where it is
-installed; the default on CPU, batches of 16). bench/gen_throughput.py compares them.
+Engines (training/sampling.py): `static` (the cached CUDA-graph decoder, the default on a GPU, in batches of 256
+sequences) or `hf` (transformers' `generate`, the default on CPU, batches of 16). bench/gen_throughput.py compares them.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 
 from store import Candidates, ResponseIn, Store, StoreError
 from training.cli import open_store
 from training.config import ConfigError, add_arguments, from_args, opt
+from training.pair_selection import REWARD_SELECTIONS, SELECTIONS, choose_selection, select_pair, shuffle_sides
+from training.sampling import ENGINES, Decoding, default_batch_size, engine_for, sample
 
 STRATEGIES = ("samples", "vs-previous")
 SPLITS = ("train", "heldout")
-ENGINES = ("auto", "static", "hf")
-STATIC_BATCH_SIZE, HF_BATCH_SIZE = 256, 16  # default sequences per batch of each engine
+ROUND_SEED_STRIDE = 1_000_000  # seed of a batch: seed + ROUND_SEED_STRIDE * round + first prompt id
 
 
 @dataclass
 class GenerateConfig:
     num_prompts: int = opt(64, "prompts to generate for (fewer when the round has used the others)")
-    samples_per_prompt: int = opt(2, "responses sampled per prompt by the samples strategy (at least 2)")
+    samples_per_prompt: int = opt(4, "responses sampled per prompt by the samples strategy; one pair is kept")
+    pair_selection: str = opt(
+        "auto", "which two samples form the pair: most-different, reward-extremes, reward-uncertain, or auto "
+        "(reward-extremes with a registered reward model, else most-different)"
+    )
     temperature: float = opt(1.0, "sampling temperature (above 0: greedy decoding would give identical samples)")
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches top_p")
     max_new_tokens: int = opt(256, "token limit per response; a response cut there is marked finish_reason 'length'")
-    seed: int = opt(0, "base seed; each batch uses seed + its first prompt id")
+    seed: int = opt(0, "base seed; each batch uses seed + 1,000,000 x round + its first prompt id")
     batch_size: int = opt(
         0, "sequences sampled together (prompts per batch: batch_size // samples); 0: 256 on the static engine, else 16"
     )
     split: str = opt("train", "prompt split: train (pairs to label) or heldout (evaluation pairs)")
-    strategy: str = opt("samples", "samples (two samples of the round's model) or vs-previous (vs previous round's)")
+    strategy: str = opt("samples", "samples (k samples of the round's model) or vs-previous (vs previous round's)")
     round: int | None = opt(None, "round to generate for (default: the latest)")
     write_batch_size: int = opt(8, "prompts whose responses and pairs are written in one short transaction")
     model: str | None = opt(None, "base model to load instead of the checkpoint's recorded one (HF id or path)")
@@ -61,6 +66,7 @@ class GenerateConfig:
         checks = [
             ("num_prompts", self.num_prompts >= 1, "at least 1"),
             ("samples_per_prompt", self.samples_per_prompt >= 2, "at least 2 (a pair needs two responses)"),
+            ("pair_selection", self.pair_selection in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
             ("temperature", self.temperature > 0, "above 0"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
@@ -74,13 +80,9 @@ class GenerateConfig:
             if not ok:
                 raise ConfigError(f"{name} must be {wanted}, not {getattr(self, name)!r}")
 
-
-@dataclass
-class Sample:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int  # generated tokens before the stop token
-    finish_reason: str  # 'stop' (end-of-turn token) or 'length' (cut at max_new_tokens)
+    @property
+    def decoding(self) -> Decoding:
+        return Decoding(self.temperature, self.top_p, self.max_new_tokens, self.engine)
 
 
 @dataclass
@@ -90,91 +92,15 @@ class GenerateSummary:
     responses: int = 0
     pairs: int = 0
     duplicates: int = 0
-    unpaired_prompts: int = 0  # prompts whose samples were all empty or identical
+    unpaired_prompts: int = 0  # prompts whose samples allowed no pair (empty, identical or all cut off)
     completion_tokens: int = 0
+    truncated: int = 0  # responses cut at max_new_tokens
     seconds: float = 0.0
+    selection: str = ""
 
 
-def decoding_engine(config: GenerateConfig) -> str:
-    """'static' or 'hf': auto is static on a GPU, unless Unsloth was imported in this process (loop-sim's training
-    does): it patches transformers' model classes, which the static decoder runs."""
-    if config.engine != "auto":
-        return config.engine
-    from training.models import accelerator
-
-    return "static" if accelerator() == "cuda" and "unsloth" not in sys.modules else "hf"
-
-
-def pair_indices(texts: list[str]) -> list[tuple[int, int]]:
-    """Pairs of neighbouring distinct responses; empty ones and repeats (compared after strip) never form a pair."""
-    kept, seen = [], set()
-    for i, text in enumerate(texts):
-        key = text.strip()
-        if key and key not in seen:
-            seen.add(key)
-            kept.append(i)
-    return list(zip(kept, kept[1:]))
-
-
-def chat_inputs(tokenizer, conversations: list[list[dict]]):
-    """The conversations with the chat template and the generation prompt, tokenized as one left-padded batch."""
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
-    # The template already writes the special tokens; the tokenizer must not add a BOS of its own.
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-
-
-def sample(
-    model, tokenizer, conversations: list[list[dict]], num_samples: int, config: GenerateConfig, seed: int
-) -> list[list[Sample]]:
-    """`num_samples` responses to each conversation, generated as one left-padded batch by the config's engine."""
-    import torch
-
-    inputs = chat_inputs(tokenizer, conversations).to(model.device)
-    stop_ids = {tokenizer.eos_token_id}
-    if decoding_engine(config) == "static":
-        from training.decode import decoder_for
-
-        generated = decoder_for(model).generate(
-            inputs["input_ids"].repeat_interleave(num_samples, dim=0),  # each prompt's samples side by side
-            inputs["attention_mask"].repeat_interleave(num_samples, dim=0),
-            config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            seed=seed,
-        )
-    else:
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            output = model.generate(
-                **inputs,
-                do_sample=True,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=0,  # top_p alone truncates (transformers would add top_k=50 otherwise)
-                max_new_tokens=config.max_new_tokens,
-                num_return_sequences=num_samples,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        generated = output[:, inputs["input_ids"].shape[1] :]
-    generated = generated.tolist()
-    prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-    results: list[list[Sample]] = [[] for _ in conversations]
-    for row, ids in enumerate(generated):
-        stop = next((i for i, token in enumerate(ids) if token in stop_ids), None)
-        completion = ids if stop is None else ids[:stop]
-        prompt_index = row // num_samples  # generate repeats each prompt num_samples times in place
-        results[prompt_index].append(
-            Sample(
-                text=tokenizer.decode(completion, skip_special_tokens=True).strip(),
-                prompt_tokens=prompt_tokens[prompt_index],
-                completion_tokens=len(completion),
-                finish_reason="length" if stop is None else "stop",
-            )
-        )
-    return results
+def batch_seed(config: GenerateConfig, round_id: int, first_prompt_id: int) -> int:
+    return config.seed + ROUND_SEED_STRIDE * round_id + first_prompt_id
 
 
 def generate(store: Store, config: GenerateConfig, progress: bool = True) -> GenerateSummary:
@@ -210,14 +136,16 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
             "import more prompts or start a new round"
         )
 
-    engine = decoding_engine(config)
+    decoding = config.decoding
+    engine = engine_for(decoding)
     models = [load_for_generation(c, config.model, unsloth=engine == "hf") for c in checkpoints]
-    # samples: k draws of one model; vs-previous: one draw of each model, current first (response a).
+    # samples: k draws of one model, one pair selected; vs-previous: one draw of each model, current first.
     draws = config.samples_per_prompt if config.strategy == "samples" else 1
-    # The CUDA-graph decoder is fastest on large batches (10x HF generate at 512 on an H100, docs/benchmarks.md).
-    default_batch = STATIC_BATCH_SIZE if engine == "static" else HF_BATCH_SIZE
-    prompts_per_batch = max(1, (config.batch_size or default_batch) // draws)
-    summary = GenerateSummary(round_id)
+    reward = store.latest_checkpoint(("reward",))
+    selection = choose_selection(config.pair_selection, reward is not None) if config.strategy == "samples" else ""
+    scorer = reward_scorer(reward) if selection in REWARD_SELECTIONS else None
+    prompts_per_batch = max(1, (config.batch_size or default_batch_size(decoding)) // draws)
+    summary = GenerateSummary(round_id, selection=selection)
     start = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=f"round {round_id} {config.strategy}", unit="prompt", disable=not progress)
 
@@ -234,11 +162,11 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
     pending: list[Candidates] = []
     for batch_start in range(0, len(prompts), prompts_per_batch):
         batch = prompts[batch_start : batch_start + prompts_per_batch]
-        seed = config.seed + batch[0]["id"]
-        per_model = [
-            sample(model, tokenizer, [p["messages"] for p in batch], draws, config, seed) for model, tokenizer in models
-        ]
+        seed = batch_seed(config, round_id, batch[0]["id"])
+        conversations = [p["messages"] for p in batch]
+        per_model = [sample(model, tokenizer, conversations, draws, decoding, seed) for model, tokenizer in models]
         for i, prompt in enumerate(batch):
+            drawn = [s for samples in per_model for s in samples[i]]
             responses = [
                 ResponseIn(
                     prompt_id=prompt["id"],
@@ -253,17 +181,24 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
                         round=round_id,
                         strategy=config.strategy,
                     ),
-                    prompt_tokens=s.prompt_tokens,
-                    completion_tokens=s.completion_tokens,
+                    prompt_tokens=len(s.prompt_ids),
+                    completion_tokens=s.tokens,
                     finish_reason=s.finish_reason,
                 )
                 for checkpoint, samples in zip(checkpoints, per_model)
                 for s in samples[i]
             ]
-            pairs = pair_indices([r.text for r in responses])
-            summary.unpaired_prompts += not pairs
-            summary.completion_tokens += sum(r.completion_tokens for r in responses)
-            pending.append(Candidates(prompt["id"], responses, pairs))
+            if config.strategy == "samples":
+                scores = scorer(prompt["messages"], [s.text for s in drawn]) if scorer else None
+                pair = select_pair(drawn, selection, scores)
+                pair = shuffle_sides(pair, seed, prompt["id"]) if pair else None
+            else:  # the current model's sample is response a; the labeler shuffles the sides on screen
+                pair = select_pair(drawn, "most-different")  # two samples: only the eligibility rules apply
+                pair = (0, 1) if pair else None
+            summary.unpaired_prompts += pair is None
+            summary.completion_tokens += sum(s.tokens for s in drawn)
+            summary.truncated += sum(not s.stopped for s in drawn)
+            pending.append(Candidates(prompt["id"], responses, [pair] if pair else []))
         bar.update(len(batch))
         while len(pending) >= config.write_batch_size:
             write(pending[: config.write_batch_size])
@@ -273,6 +208,14 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
     bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def reward_scorer(reward: dict):
+    """score(messages, texts) -> one reward per text, from a registered reward checkpoint."""
+    from training.evaluate import load_reward_model, score_responses
+
+    model, tokenizer = load_reward_model(reward)
+    return lambda messages, texts: score_responses(model, tokenizer, [messages] * len(texts), texts)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -298,7 +241,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     s = generate(store, config)
     print(
         f"round {s.round_id}: {s.prompts} prompts, {s.responses} responses, {s.pairs} new pairs "
-        f"({s.duplicates} duplicates skipped, {s.unpaired_prompts} prompts without a distinct non-empty pair); "
+        f"({s.duplicates} duplicates skipped, {s.unpaired_prompts} prompts without an eligible pair, "
+        f"{s.truncated} responses cut at the token limit){f'; pairs chosen {s.selection}' if s.selection else ''}; "
         f"{s.completion_tokens} tokens in {s.seconds:.1f} s ({s.completion_tokens / max(s.seconds, 1e-9):.1f} tokens/s)"
     )
     return 0

@@ -6,6 +6,7 @@ loop assumes nothing else about it. Built-in judges:
 
     training.judges:shorter              prefers the shorter answer
     training.judges:contains_word        prefers the answer containing $JUDGE_WORD (default "please") more often
+    training.judges:structured           prefers the answer laid out as a list (two or more item lines)
     training.judges:reward_model         prefers the answer the latest registered reward model scores higher
 
     prefloop label-sim --judge training.judges:shorter --noise 0.1
@@ -48,13 +49,30 @@ def contains_word(messages: list[dict], response_a: str, response_b: str) -> tup
     return ("a" if count_a > count_b else "b"), ("clear" if min(count_a, count_b) == 0 else "slight")
 
 
+_LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d{1,2}[.)])\s+\S", re.MULTILINE)
+
+
+def list_items(text: str) -> int:
+    """Lines that open a bullet (-, *, •) or a numbered item (1. or 1))."""
+    return len(_LIST_ITEM.findall(text))
+
+
+def structured(messages: list[dict], response_a: str, response_b: str) -> tuple[str, str | None]:
+    """Prefers the response laid out as a list (at least two item lines) over one that is not; tie when both or
+    neither are. Length plays no part: a two-item list beats a ten-paragraph essay and loses to nothing shorter."""
+    list_a, list_b = list_items(response_a) >= 2, list_items(response_b) >= 2
+    if list_a == list_b:
+        return "tie", None
+    return ("a" if list_a else "b"), "clear"
+
+
 _reward_model = None  # (model, tokenizer), loaded once per process
 
 
 def reward_model(messages: list[dict], response_a: str, response_b: str) -> tuple[str, str | None]:
     """Prefers the response the latest registered reward model scores higher ($PREFLOOP_DB names the store)."""
     global _reward_model
-    from training.evaluate import EvalConfig, load_reward_model, score_responses
+    from training.evaluate import load_reward_model, score_responses
 
     if _reward_model is None:
         store = Store(os.environ.get("PREFLOOP_DB", "data/prefloop.duckdb"))
@@ -63,7 +81,7 @@ def reward_model(messages: list[dict], response_a: str, response_b: str) -> tupl
             raise RuntimeError("the reward_model judge needs a registered reward model: run `make train-rm` first")
         _reward_model = load_reward_model(checkpoint)
     model, tokenizer = _reward_model
-    score_a, score_b = score_responses(model, tokenizer, [messages, messages], [response_a, response_b], EvalConfig())
+    score_a, score_b = score_responses(model, tokenizer, [messages, messages], [response_a, response_b])
     return ("a" if score_a >= score_b else "b"), ("clear" if abs(score_a - score_b) > 1.0 else "slight")
 
 
@@ -83,6 +101,7 @@ def load_judge(spec: str) -> Judge:
 class SimulationResult:
     judged: int
     flipped: int
+    decisive: int = 0  # judgments of a or b: the pairs a preference dataset keeps
 
 
 _FLIP = {"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"}
@@ -101,7 +120,7 @@ def label_with_judge(
     lease the next pair, judge it, submit. With probability `noise` an a/b choice is flipped."""
     annotator = store.ensure_annotator(f"sim:{name}", "simulated")
     rng = random.Random(seed)
-    judged = flipped = 0
+    judged = flipped = decisive = 0
     while limit is None or judged < limit:
         pair = store.next_pair(annotator.id, round_id=round_id)
         if pair is None:
@@ -113,7 +132,8 @@ def label_with_judge(
             choice, flipped = _FLIP[choice], flipped + 1
         store.submit_judgment(Judgment(pair["id"], annotator.id, choice, strength))
         judged += 1
-    return SimulationResult(judged, flipped)
+        decisive += choice in ("a", "b")
+    return SimulationResult(judged, flipped, decisive)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -94,10 +94,11 @@ def completion_logprobs(
                 attention_mask=attention.to(device),
                 position_ids=position_ids.to(device),
                 logits_to_keep=keep + 1,
-            ).logits[:, :-1].float()
+            ).logits[:, :-1]
+            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # float64 stays
             targets = input_ids[:, -keep:].to(device)
             token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-            token_logps = (token_logps * target_mask.to(device)).sum(-1).cpu()
+            token_logps = (token_logps.double() * target_mask.to(device)).sum(-1).cpu()  # float64: exact sums
         for row, i in enumerate(chunk):
             sums[i] = float(token_logps[row])
             counts[i] = len(fitted[i][1])

@@ -59,6 +59,21 @@ def bootstrap(
     return _percentile_interval(statistic(list(units)), stats, n, level)
 
 
+def bootstrap_by_group(
+    groups: Sequence[Sequence[float]], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> Estimate:
+    """Mean of all values with a percentile interval from resampling whole groups (a cluster bootstrap): the right
+    interval when values within a group are correlated, like k samples of one prompt. n is the number of values."""
+    groups = [list(g) for g in groups if len(g)]
+    if not groups:
+        return Estimate(None, None, None, 0)
+    sums = np.array([sum(g) for g in groups], dtype=float)
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(groups), size=(n_boot, len(groups)))
+    stats = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    return _percentile_interval(float(sums.sum() / sizes.sum()), stats, int(sizes.sum()), level)
+
+
 def _percentile_interval(point: float, stats: np.ndarray, n: int, level: float) -> Estimate:
     if np.isnan(point):
         return Estimate(None, None, None, n)
@@ -234,3 +249,19 @@ def format_estimate(estimate: Estimate, digits: int = 3) -> str:
     if estimate.ci_low is None:
         return f"{estimate.value:.{digits}f} n={estimate.n}"
     return f"{estimate.value:.{digits}f} [{estimate.ci_low:.{digits}f}, {estimate.ci_high:.{digits}f}] n={estimate.n}"
+
+
+def describe_win_rate(estimate: Estimate, this: str, other: str) -> str:
+    """One sentence for a lead: does `this` (e.g. "round 3") beat `other`, going by the interval, not the point?"""
+    if estimate.value is None:
+        return f"No win rate of {this} over {other} yet."
+    figures = f"{estimate.value:.0%} of {estimate.n} held-out comparisons"
+    if estimate.ci_low is None:
+        return f"{this} wins {figures} against {other} (no interval)."
+    interval = f"[{estimate.ci_low:.0%}, {estimate.ci_high:.0%}]"
+    if estimate.ci_low > 0.5:
+        return f"{this} is better than {other}: it wins {figures}, {interval}, the whole interval above 50%."
+    if estimate.ci_high < 0.5:
+        return f"{this} is worse than {other}: it wins {figures}, {interval}, the whole interval below 50%."
+    return f"{this} is not measurably better than {other}: it wins {figures}, {interval}, which includes 50%."
+

@@ -338,6 +338,23 @@ def load_adapter_model(base_model: str, adapter_path: str, task: str = "causal-l
     return PeftModel.from_pretrained(model, adapter_path).eval()
 
 
+def load_for_scoring(base_model: str, adapter_path: str | None = None, dtype: str = "float32"):
+    """(model, tokenizer) for log-probs of a registered checkpoint: frozen, on the accelerator, the adapter unmerged.
+
+    float32 by default whatever the model trains and samples in: sums of bf16 log-probs over a hundred tokens are off
+    by about half a nat, and merging an adapter into bf16 weights would round away much of a small update."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = resolve_model(base_model)
+    tokenizer = checkpoint_tokenizer(base, adapter_path)
+    if adapter_path:
+        model = load_adapter_model(base, adapter_path, dtype=getattr(torch, dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).eval()
+    return model.to(accelerator()), tokenizer
+
+
 def smoke_test(model_path: str, prompt: str = "What is the capital of France? Answer in one sentence.") -> str:
     """Greedy-generate a short answer; raises if the model produces no text."""
     import torch

@@ -1,0 +1,134 @@
+"""Sweep the loop's DPO recipe: one `prefloop loop-sim` per (variant, judge), several at once on one GPU.
+
+    python bench/loop_sweep.py --variants base,lr2e-4-all --judges shorter,structured --out sweep-out
+    python bench/loop_sweep.py --list                       # the variants in bench/loop_variants.yaml
+    bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
+
+Each variant is a set of DPOTrainConfig fields laid over configs/dpo.yaml (bench/loop_variants.yaml); each judge is a
+function of training/judges.py (`name` or `name@noise` for a noisy annotator). Every loop runs in its own folder
+under --work (database, checkpoints, report), as its own process; a rerun of the same command skips loops that
+finished and resumes the others from their state files (loop-sim's own resume). The embedded model is converted once
+before the loops start. When all are done (or --deadline seconds have passed: the unfinished ones are left to resume)
+it prints one row per loop and writes --out/sweep.json (every loop's loop-sim summary) and --out/sweep.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ROOT / "bench" / "loop_variants.yaml"
+
+
+def loop_name(variant: str, judge: str) -> str:
+    return f"{variant}--{judge.replace('@', '-noise')}"
+
+
+def write_dpo_yaml(variant: str, overrides: dict, folder: Path) -> Path:
+    config = yaml.safe_load((ROOT / "configs" / "dpo.yaml").read_text()) | (overrides or {})
+    path = folder / f"dpo-{variant}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start(variant: str, judge: str, dpo_yaml: Path, work: Path, args) -> subprocess.Popen:
+    name = loop_name(variant, judge)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    judge_name, _, noise = judge.partition("@")
+    command = [
+        sys.executable, "-m", "training.cli", "--db", str(folder / "loop.duckdb"), "loop-sim", "--name", name,
+        "--judge", f"training.judges:{judge_name}", "--noise", noise or "0", "--rounds", str(args.rounds),
+        "--pairs-per-round", str(args.pairs), "--heldout-pairs", str(args.heldout_pairs),
+        "--prompts-file", str(ROOT / "store" / "seeds" / "prompts.jsonl"),
+        "--generate-config", str(ROOT / "configs" / "generate.yaml"), "--dpo-config", str(dpo_yaml),
+        "--report-dir", str(folder / "reports"),
+    ] + (["--eval-config", str(args.eval_config)] if args.eval_config else [])
+    log = open(folder / "loop.log", "a")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def cell(result: dict | None) -> str:
+    if not result:
+        return "–"
+    return f"{result['value']:.3f} [{result['low']:.3f}, {result['high']:.3f}] n={result['n']}"
+
+
+def row_of(name: str, summary: dict | None, code: int | None) -> str:
+    if summary is None:
+        return f"| {name} | {'running' if code is None else f'exit {code}'} | | | | | |"
+    rounds = summary["per_round"]
+    accuracy = " / ".join(f"{r['heldout_accuracy']['value']:.2f}" for r in rounds[1:] if r["heldout_accuracy"])
+    kl = " / ".join(f"{r['kl_to_base']['value']:.2f}" for r in rounds[1:] if r["kl_to_base"])
+    length = " / ".join(f"{r['response_length']['value']:.0f}" for r in rounds if r["response_length"])
+    seconds = sum(summary["seconds"].values())
+    return (f"| {name} | {cell(summary['win_rate_vs_round0'])} | {cell(summary['win_rate_vs_previous'])} | "
+            f"{accuracy} | {kl} | {length} | {seconds:.0f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="", help="comma-separated names from bench/loop_variants.yaml")
+    parser.add_argument("--judges", default="shorter", help="comma-separated judge functions, name@noise for noise")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=128, help="judged train pairs per round")
+    parser.add_argument("--heldout-pairs", type=int, default=128)
+    parser.add_argument("--eval-config", type=Path, help="EvalConfig YAML for every loop (default: its defaults)")
+    parser.add_argument("--work", type=Path, default=Path("sweep-work"))
+    parser.add_argument("--out", type=Path, default=Path("sweep-out"))
+    parser.add_argument("--deadline", type=float, default=540, help="seconds before unfinished loops are stopped")
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = parser.parse_args()
+    variants = yaml.safe_load(VARIANTS.read_text())
+    if args.list:
+        print(yaml.safe_dump(variants, sort_keys=False))
+        return 0
+    unknown = [v for v in args.variants.split(",") if v not in variants]
+    if unknown or not args.variants:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "training.cli", "model"], check=True, cwd=ROOT)  # convert once, not N times
+
+    began = time.monotonic()
+    loops = {}
+    for variant in args.variants.split(","):
+        dpo_yaml = write_dpo_yaml(variant, variants[variant], args.work)
+        for judge in args.judges.split(","):
+            loops[loop_name(variant, judge)] = start(variant, judge, dpo_yaml, args.work, args)
+    while any(p.poll() is None for p in loops.values()) and time.monotonic() - began < args.deadline:
+        time.sleep(5)
+    for process in loops.values():
+        if process.poll() is None:
+            process.terminate()  # loop-sim's state file keeps every finished stage: rerun to resume
+    time.sleep(3)
+
+    summaries, lines = {}, [
+        "| loop | win rate vs round 0 | vs previous round | held-out acc. rounds 1.. | KL rounds 1.. | length rounds 0.. "
+        "| seconds |", "|" + " --- |" * 7,
+    ]
+    for name, process in loops.items():
+        path = args.work / name / "reports" / f"{name}.json"
+        summaries[name] = json.loads(path.read_text()) if path.exists() else None
+        lines.append(row_of(name, summaries[name], process.poll()))
+        if summaries[name] is None:
+            tail = (args.work / name / "loop.log").read_text(errors="replace")[-1500:]
+            print(f"--- {name} did not finish; its log ends:\n{tail}")
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "sweep.md").write_text(table + "\n")
+    (args.out / "sweep.json").write_text(json.dumps(summaries, indent=1, default=str))
+    return 0 if all(summaries.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

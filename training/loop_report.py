@@ -1,0 +1,142 @@
+"""loop-sim's report: one row per round of the stored evaluation results, as a Markdown table, a plot and a JSON
+summary (data/reports/<name>.md, .png, .json).
+
+The JSON holds what docs/results/loop-<judge>.json records: judge, noise, rounds, the last round's win rate over
+round 0 as {value, low, high, n}, every round's figures, the DPO runs' training metrics and each stage's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.metrics import Estimate, describe_win_rate, format_estimate
+
+TABLE_METRICS = [
+    ("judge_win_rate_vs_round0", "win rate vs round 0 (judge)"),
+    ("judge_win_rate_vs_previous", "win rate vs previous round (judge)"),
+    ("heldout_accuracy", "held-out preference accuracy"),
+    ("kl_to_base", "KL to base (nats/response)"),
+    ("response_length", "length (tokens)"),
+]
+
+
+def report_rows(store, config, state) -> list[dict]:
+    """Per round: its checkpoint and the newest stored result of each table metric (None where there is none)."""
+    results = store.list_eval_results()
+    rows = []
+    for r in range(config.rounds + 1):
+        checkpoint_id = state.get(f"round-{r}/start")["checkpoint_id"]
+        row = {"round": r, "checkpoint": checkpoint_id}
+        for metric, _ in TABLE_METRICS:
+            found = [x for x in results if x["checkpoint_id"] == checkpoint_id and x["metric"] == metric]
+            row[metric] = found[-1] if found else None
+        rows.append(row)
+    return rows
+
+
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "–"
+    return format_estimate(Estimate(result["value"], result["ci_low"], result["ci_high"], result["n"]))
+
+
+def format_table(rows: list[dict]) -> str:
+    header = "| round | checkpoint | " + " | ".join(title for _, title in TABLE_METRICS) + " |"
+    lines = [header, "|" + " --- |" * (len(TABLE_METRICS) + 2)]
+    for row in rows:
+        cells = [_cell(row[metric]) for metric, _ in TABLE_METRICS]
+        lines.append(f"| {row['round']} | {row['checkpoint']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> str:
+    """In words: did the last round beat round 0 and the round before it under the judge?"""
+    last, sentences = rows[-1], []
+    for metric, other in (("judge_win_rate_vs_round0", "round 0"), ("judge_win_rate_vs_previous", "the round before")):
+        result = last.get(metric)
+        if result is not None:
+            estimate = Estimate(result["value"], result["ci_low"], result["ci_high"], result["n"])
+            sentences.append(describe_win_rate(estimate, f"Round {last['round']}", other))
+    return " ".join(sentences) or "No win rate yet."
+
+
+def summary(config, state, rows: list[dict]) -> dict:
+    def interval(result):
+        if result is None:
+            return None
+        return {"value": result["value"], "low": result["ci_low"], "high": result["ci_high"], "n": result["n"]}
+
+    last = rows[-1]
+    return {
+        "name": config.name,
+        "judge": config.judge,
+        "noise": config.noise,
+        "rounds": config.rounds,
+        "win_rate_vs_round0": interval(last["judge_win_rate_vs_round0"]),
+        "win_rate_vs_previous": interval(last["judge_win_rate_vs_previous"]),
+        "verdict": verdict(rows),
+        "per_round": [
+            {"round": row["round"], "checkpoint": row["checkpoint"]}
+            | {metric: interval(row[metric]) for metric, _ in TABLE_METRICS}
+            for row in rows
+        ],
+        "training": {
+            r: state.get(f"round-{r}/train")["metrics"]
+            for r in range(config.rounds)
+            if state.get(f"round-{r}/train")
+        },
+        "health": {r: state.get(f"round-{r}/health") for r in range(config.rounds) if state.get(f"round-{r}/health")},
+        "seconds": state.seconds,
+        "config": state.data["config"],
+    }
+
+
+def write_report(config, state, rows: list[dict], report_dir: Path, log=print) -> None:
+    table = format_table(rows)
+    log(table)
+    log(verdict(rows))
+    total = sum(state.seconds.values())
+    (report_dir / f"{config.name}.md").write_text(
+        f"# {config.name}\n\nJudge `{config.judge}`, noise {config.noise}, {config.rounds} rounds of "
+        f"{config.pairs_per_round} train pairs. 95% bootstrap intervals (by prompt for the sample-based figures) in "
+        f"brackets, n = the pairs or responses behind each figure. Stages took {total:.0f} s.\n\n{table}\n\n"
+        f"{verdict(rows)}\n"
+    )
+    (report_dir / f"{config.name}.json").write_text(json.dumps(summary(config, state, rows), indent=2, default=str))
+    plot(rows, report_dir / f"{config.name}.png", f"{config.name}: judge {config.judge}, noise {config.noise}")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous", "heldout_accuracy"), "share", axes[0]),
+        (("kl_to_base",), "nats per response", axes[1]),
+        (("response_length",), "tokens", axes[2]),
+    ]
+    titles = dict(TABLE_METRICS)
+    for metrics, unit, ax in panels:
+        for metric in metrics:
+            points = [(row["round"], row[metric]) for row in rows if row[metric] and row[metric]["value"] is not None]
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            ys = [p[1]["value"] for p in points]
+            ax.plot(xs, ys, marker="o", label=titles[metric])
+            lows = [p[1]["ci_low"] if p[1]["ci_low"] is not None else p[1]["value"] for p in points]
+            highs = [p[1]["ci_high"] if p[1]["ci_high"] is not None else p[1]["value"] for p in points]
+            ax.fill_between(xs, lows, highs, alpha=0.2)
+        ax.set_xlabel("round")
+        ax.set_ylabel(unit)
+        ax.set_xticks([row["round"] for row in rows])
+        ax.legend(fontsize=7)
+    axes[0].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
