@@ -8,8 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from store import Store
 from store.importers import ImportFileError, import_file, read_file
 from store.prompts import prompt_hash, split_for
+from tests.test_importers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "store" / "seeds" / "prompts.jsonl"
@@ -184,27 +183,17 @@ def test_a_prompt_stored_by_a_pair_import_keeps_its_split(store, tmp_path):
     assert stored_splits(store) == {text: "heldout"}
 
 
-def run_import(db: Path, path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "training.cli", "--db", str(db), "import", str(path), "--kind", "prompts"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_cli_prints_counts_per_split_and_conflicts(tmp_path):
     db = tmp_path / "cli.duckdb"
     train_by_hash = texts_the_hash_puts_in("train", 2)
     records = [{"prompt": train_by_hash[0]}, {"prompt": train_by_hash[1], "split": "heldout"}]
     first = write(tmp_path / "first.jsonl", records)
-    done = run_import(db, first)
+    done = run_cli(db, str(first), "--kind", "prompts")
     assert done.returncode == 0, done.stderr
     assert f"{first}: imported 2 prompts (train 1, held-out 1), skipped 0 duplicates" in done.stdout
     assert "another split" not in done.stdout
     second = write(tmp_path / "second.jsonl", [{"prompt": train_by_hash[0], "split": "heldout"}])
-    done = run_import(db, second)
+    done = run_cli(db, str(second), "--kind", "prompts")
     assert done.returncode == 0, done.stderr
     assert f"{second}: imported 0 prompts, skipped 1 duplicates" in done.stdout
     assert "1 records asked for another split than the one their prompt already has" in done.stdout
