@@ -8,7 +8,7 @@
     # CPU, a tiny random model, seconds (tests/test_generate.py runs this):
     .venv/bin/python bench/gen_throughput.py --smoke --out /tmp/gen_throughput.json
 
-Workload: 256 prompts from store/seeds/prompts.jsonl (207 prompts, taken again from the start to fill), with the chat
+Workload: the first 256 prompts of store/seeds/prompts.jsonl (taken again from the start if it has fewer), with the chat
 template and the generation prompt; each is sampled 2 times (temperature 1, top-p 0.95, top-k off: `prefloop
 generate`'s settings), 256 new tokens per sequence. For the throughput figures both paths ignore the end-of-turn
 token, so every sequence gets exactly 256 tokens and both do the same work: tokens/s = sequences x 256 / seconds.

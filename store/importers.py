@@ -18,6 +18,10 @@ pairs     TRL standard           {"prompt": "...", "chosen": "...", "rejected": 
 With kind "auto" the first record decides: any of the fields chosen, rejected, preferred_output or non_preferred_output
 makes it a pairs file. Whole conversations must differ only in their final assistant turn; what they share is the prompt.
 
+A prompt record may carry a field "split", "train" or "heldout", which decides the prompt's split; without it (or
+with it empty or null) the prompt's content hash decides (`store.prompts.split_for`). A prompt already stored keeps its
+split: a record asking for another one is counted in the summary's split_conflicts, never applied.
+
 Nothing touches the database until every record has been validated, so a malformed file imports nothing; the error
 names the file, the line (or row) and the field. Duplicates (same prompt, same pair) are skipped and counted.
 """
@@ -37,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store.db import StoreError
-from store.prompts import Messages, PairIn, PromptIn
+from store.prompts import SPLITS, Messages, PairIn, PromptIn
 
 ROLES = ("system", "user", "assistant")
 PAIR_FIELDS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
@@ -55,6 +59,8 @@ class ImportSummary:
     inserted: int
     duplicates: int
     invalid: list[str] = dataclasses.field(default_factory=list)  # "file:line: problem" of each record skipped (skip_invalid)
+    inserted_by_split: dict[str, int] = dataclasses.field(default_factory=dict)  # new prompts per split (prompts kind)
+    split_conflicts: int = 0  # prompt records whose "split" differs from the split their stored prompt keeps
 
 
 class _Invalid(Exception):
@@ -78,7 +84,9 @@ def import_file(
         added = store.add_prompts(items)
     else:
         added = store.add_imported_pairs(items, source)
-    return ImportSummary(kind, added.inserted, added.duplicates, invalid)
+    return ImportSummary(
+        kind, added.inserted, added.duplicates, invalid, added.inserted_by_split, added.split_conflicts
+    )
 
 
 def read_file(
@@ -210,8 +218,19 @@ def _prompt_record(record, source: str) -> PromptIn:
     _require_object(record)
     for field in ("messages", "prompt", "text"):
         if field in record:
-            return PromptIn(_prompt(record[field], field), source)
+            return PromptIn(_prompt(record[field], field), source, _split(record.get("split")))
     raise _Invalid(None, f"expected a 'prompt', 'messages' or 'text' field; found {_keys(record)}")
+
+
+def _split(value) -> str | None:
+    """A prompt record's explicit split; None and "" (an empty CSV cell) leave it to the content hash."""
+    if value is None or value == "":
+        return None
+    if value not in SPLITS:
+        raise _Invalid(
+            "split", f"expected 'train' or 'heldout' (or no value: the content hash decides), got {_show(value)}"
+        )
+    return value
 
 
 def _pair_record(record, source: str) -> PairIn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import duckdb
@@ -17,8 +18,12 @@ def prompt_hash(messages: Messages) -> str:
     return sha256_hex(canonical_json([{"role": m["role"], "content": m["content"]} for m in messages]))
 
 
+SPLITS = ("train", "heldout")
+
+
 def split_for(content_hash: str, heldout_fraction: float) -> str:
-    """The prompt's split, a pure function of its content, so it is the same in every database and never changes."""
+    """The split of a prompt stored without an explicit one: a pure function of its content, so it is the same in
+    every database. Whichever way it was chosen, a stored prompt's split never changes."""
     return "heldout" if int(content_hash[:8], 16) / 0x1_0000_0000 < heldout_fraction else "train"
 
 
@@ -32,6 +37,7 @@ def pair_hash(prompt_content_hash: str, text_1: str, text_2: str) -> str:
 class PromptIn:
     messages: Messages
     source: str
+    split: str | None = None  # 'train' or 'heldout' as the file says; None: the content hash decides (split_for)
 
 
 @dataclass
@@ -60,6 +66,8 @@ class AddSummary:
     inserted: int = 0
     duplicates: int = 0
     ids: list[int] = field(default_factory=list)
+    inserted_by_split: dict[str, int] = field(default_factory=dict)  # the new prompts per split
+    split_conflicts: int = 0  # items whose explicit split lost to the split their prompt already has
 
 
 def response_row(response: ResponseIn, created_at) -> dict:
@@ -96,7 +104,8 @@ class PromptsMixin:
     heldout_fraction: float = 0.1
 
     def add_prompts(self, items: list[PromptIn]) -> AddSummary:
-        """Insert new prompts in one transaction; prompts already stored (same messages) are counted, not added."""
+        """Insert new prompts in one transaction; prompts already stored (same messages) are counted, not added, and
+        keep their split (an item asking for another one is counted in split_conflicts)."""
         with self.transaction("add prompts") as con:
             return _add_prompts(con, items, self.heldout_fraction)
 
@@ -207,23 +216,27 @@ class PromptsMixin:
 
 
 def _add_prompts(con: duckdb.DuckDBPyConnection, items: list[PromptIn], heldout_fraction: float) -> AddSummary:
+    """Insert the new prompts. A prompt's split is the one it is stored with, else the first item's explicit split,
+    else split_for; an item asking for another split than that is counted in split_conflicts, never applied."""
     summary = AddSummary()
     if not items:
         return summary
+    keys = [prompt_hash(item.messages) for item in items]
     by_hash: dict[str, PromptIn] = {}
-    for item in items:
-        key = prompt_hash(item.messages)
+    for key, item in zip(keys, items):
         if key in by_hash:
             summary.duplicates += 1
         else:
             by_hash[key] = item
-    existing = {
-        r[0]
-        for r in con.execute(
-            "SELECT content_hash FROM prompts WHERE content_hash IN (SELECT unnest(?))", [list(by_hash)]
+    existing = dict(
+        con.execute(
+            "SELECT content_hash, split FROM prompts WHERE content_hash IN (SELECT unnest(?))", [list(by_hash)]
         ).fetchall()
-    }
+    )
     summary.duplicates += len(existing)
+    splits = {key: existing.get(key) or item.split or split_for(key, heldout_fraction) for key, item in by_hash.items()}
+    summary.split_conflicts = sum(item.split not in (None, splits[key]) for key, item in zip(keys, items))
+    new = [(key, item) for key, item in by_hash.items() if key not in existing]
     now = utcnow()
     summary.ids = insert_rows(
         con,
@@ -233,12 +246,12 @@ def _add_prompts(con: duckdb.DuckDBPyConnection, items: list[PromptIn], heldout_
                 messages=canonical_json([{"role": m["role"], "content": m["content"]} for m in item.messages]),
                 source=item.source,
                 content_hash=key,
-                split=split_for(key, heldout_fraction),
+                split=splits[key],
                 created_at=now,
             )
-            for key, item in by_hash.items()
-            if key not in existing
+            for key, item in new
         ],
     )
     summary.inserted = len(summary.ids)
+    summary.inserted_by_split = dict(Counter(splits[key] for key, _ in new))
     return summary

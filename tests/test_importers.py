@@ -22,7 +22,6 @@ from store import Store
 from store.importers import ImportFileError, import_file, read_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = ROOT / "store" / "seeds" / "prompts.jsonl"
 TABLES = ("prompts", "responses", "pairs", "judgments", "annotators")
 
 
@@ -261,20 +260,6 @@ def test_a_failing_transaction_stores_nothing(store, tmp_path, monkeypatch):
         import_file(store, path)
     assert table_counts(store) == before
     assert store.get_annotator(f"import:{path.name}") is None
-
-
-def test_seed_prompts(store):
-    summary = import_file(store, SEEDS, source="seed")
-    assert summary.kind == "prompts" and 180 <= summary.inserted <= 260 and summary.duplicates == 0
-    assert SEEDS.stat().st_size < 100_000
-    categories = [json.loads(line)["category"] for line in SEEDS.read_text().splitlines()]
-    for wanted in ("question", "instruction", "code", "writing", "reasoning", "math", "multi-turn", "safety"):
-        assert categories.count(wanted) >= 5, wanted
-    stored = store.list_prompts()
-    assert {p["split"] for p in stored} == {"train", "heldout"}
-    assert any(len(p["messages"]) > 1 for p in stored)
-    again = import_file(store, SEEDS, source="seed")
-    assert (again.inserted, again.duplicates) == (0, summary.inserted)
 
 
 def run_cli(db: Path, *args: str) -> subprocess.CompletedProcess:

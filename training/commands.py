@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="import prompts or labeled pairs from a file (atomic; duplicates skipped)",
         description="Formats: prompts as JSONL/CSV/Parquet/plain text; pairs in TRL standard or conversational "
         "format (explicit prompt or implicit shared prefix), OpenAI preference JSONL, or Anthropic HH transcripts. "
-        "Imported pairs become judgments by the annotator import:<source>.",
+        "Imported pairs become judgments by the annotator import:<source>. A prompt record may carry a field "
+        "split (train or heldout) that decides its split; without it the prompt's content hash does, and a prompt "
+        "already stored keeps its split.",
     )
     p.add_argument("path", type=Path, help="file to import")
     p.add_argument(
@@ -65,7 +67,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     summary = import_file(
         open_store(args), args.path, kind=args.kind, source=args.source, skip_invalid=args.skip_invalid
     )
-    print(f"{args.path}: imported {summary.inserted} {summary.kind}, skipped {summary.duplicates} duplicates")
+    splits = summary.inserted_by_split
+    per_split = f" (train {splits.get('train', 0)}, held-out {splits.get('heldout', 0)})" if splits else ""
+    print(f"{args.path}: imported {summary.inserted} {summary.kind}{per_split}, skipped {summary.duplicates} duplicates")
+    if summary.split_conflicts:
+        print(
+            f"{summary.split_conflicts} records asked for another split than the one their prompt already has; "
+            "a stored prompt keeps its split"
+        )
     if summary.invalid:
         print(f"left out {len(summary.invalid)} invalid records:")
         for problem in summary.invalid:
