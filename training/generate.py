@@ -6,8 +6,9 @@
 
 Strategies:
   samples      k samples of the round's checkpoint per prompt (default 4); of those, one pair is stored: the one the
-               pair selection picks (training/pair_selection.py: the most different two, or with a reward model its
-               highest- against its lowest-scored). Never two cut-off responses, two identical texts or an empty one.
+               pair selection picks (training/pair_selection.py: a reward model's or the DPO checkpoint's implicit
+               reward's highest- against its lowest-scored, or for the base model the most different two). Never two
+               cut-off responses, two identical texts or an empty one.
   vs-previous  one sample of the round's checkpoint and one of the previous round's on the same prompt; their
                judgments measure the new model's win rate.
 
@@ -33,7 +34,7 @@ from store import Candidates, ResponseIn, Store, StoreError
 from training.cli import open_store
 from training.config import ConfigError, add_arguments, from_args, opt
 from training.pair_selection import REWARD_SELECTIONS, SELECTIONS, choose_selection, select_pair, shuffle_sides
-from training.sampling import ENGINES, Decoding, default_batch_size, engine_for, sample
+from training.sampling import ENGINES, Decoding, Sample, default_batch_size, engine_for, sample
 
 STRATEGIES = ("samples", "vs-previous")
 SPLITS = ("train", "heldout")
@@ -45,8 +46,9 @@ class GenerateConfig:
     num_prompts: int = opt(64, "prompts to generate for (fewer when the round has used the others)")
     samples_per_prompt: int = opt(4, "responses sampled per prompt by the samples strategy; one pair is kept")
     pair_selection: str = opt(
-        "auto", "which two samples form the pair: most-different, reward-extremes, reward-uncertain, or auto "
-        "(reward-extremes with a registered reward model, else most-different)"
+        "auto", "which two samples form the pair: most-different, reward-extremes, reward-uncertain, "
+        "implicit-extremes, or auto (a registered reward model's extremes, else the DPO checkpoint's implicit "
+        "reward extremes, else most-different)"
     )
     temperature: float = opt(1.0, "sampling temperature (above 0: greedy decoding would give identical samples)")
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches top_p")
@@ -141,9 +143,14 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
     models = [load_for_generation(c, config.model, unsloth=engine == "hf") for c in checkpoints]
     # samples: k draws of one model, one pair selected; vs-previous: one draw of each model, current first.
     draws = config.samples_per_prompt if config.strategy == "samples" else 1
-    reward = store.latest_checkpoint(("reward",))
-    selection = choose_selection(config.pair_selection, reward is not None) if config.strategy == "samples" else ""
-    scorer = reward_scorer(reward) if selection in REWARD_SELECTIONS else None
+    selection, scorer = "", None
+    if config.strategy == "samples":
+        reward, policy = store.latest_checkpoint(("reward",)), checkpoints[0]
+        selection = choose_selection(config.pair_selection, reward is not None, policy["kind"] == "dpo")
+        if selection in REWARD_SELECTIONS:
+            scorer = reward_scorer(reward)
+        elif selection == "implicit-extremes":
+            scorer = implicit_reward_scorer(store, policy)
     prompts_per_batch = max(1, (config.batch_size or default_batch_size(decoding)) // draws)
     summary = GenerateSummary(round_id, selection=selection)
     start = time.perf_counter()
@@ -165,6 +172,7 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
         seed = batch_seed(config, round_id, batch[0]["id"])
         conversations = [p["messages"] for p in batch]
         per_model = [sample(model, tokenizer, conversations, draws, decoding, seed) for model, tokenizer in models]
+        scores = scorer(conversations, per_model[0]) if scorer else [None] * len(batch)
         for i, prompt in enumerate(batch):
             drawn = [s for samples in per_model for s in samples[i]]
             responses = [
@@ -189,8 +197,7 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
                 for s in samples[i]
             ]
             if config.strategy == "samples":
-                scores = scorer(prompt["messages"], [s.text for s in drawn]) if scorer else None
-                pair = select_pair(drawn, selection, scores)
+                pair = select_pair(drawn, selection, scores[i])
                 pair = shuffle_sides(pair, seed, prompt["id"]) if pair else None
             else:  # the current model's sample is response a; the labeler shuffles the sides on screen
                 pair = select_pair(drawn, "most-different")  # two samples: only the eligibility rules apply
@@ -211,11 +218,37 @@ def generate(store: Store, config: GenerateConfig, progress: bool = True) -> Gen
 
 
 def reward_scorer(reward: dict):
-    """score(messages, texts) -> one reward per text, from a registered reward checkpoint."""
+    """score(conversations, samples per conversation) -> their rewards, by a registered reward checkpoint."""
     from training.evaluate import load_reward_model, score_responses
 
     model, tokenizer = load_reward_model(reward)
-    return lambda messages, texts: score_responses(model, tokenizer, [messages] * len(texts), texts)
+
+    def score(conversations: list[list[dict]], samples: list[list[Sample]]) -> list[list[float]]:
+        flat = [(m, s.text) for m, row in zip(conversations, samples) for s in row]
+        scores = iter(score_responses(model, tokenizer, [m for m, _ in flat], [t for _, t in flat]))
+        return [[next(scores) for _ in row] for row in samples]
+
+    return score
+
+
+def implicit_reward_scorer(store: Store, policy: dict):
+    """score(conversations, samples per conversation) -> log pi(y|x) - log pi_ref(y|x) of the drawn tokens, pi the
+    DPO checkpoint and pi_ref the reference it was trained against (its parent, or the base model), in float32."""
+    from training.logprobs import completion_logprobs
+    from training.models import load_for_scoring
+
+    parent = store.get_checkpoint(policy["parent_id"]) if policy["parent_id"] is not None else None
+    by_base = policy["config"].get("reference") == "base" or parent is None
+    reference = (policy["base_model"], None) if by_base else (parent["base_model"], parent.get("adapter_path"))
+    scorers = [load_for_scoring(policy["base_model"], policy["adapter_path"]), load_for_scoring(*reference)]
+
+    def score(conversations: list[list[dict]], samples: list[list[Sample]]) -> list[list[float]]:
+        sequences = [(s.prompt_ids, s.completion_ids) for row in samples for s in row]
+        own, under_reference = (completion_logprobs(m, sequences, t.pad_token_id, 16) for m, t in scorers)
+        margins = iter(o - r for o, r in zip(own.sums, under_reference.sums))
+        return [[next(margins) for _ in row] for row in samples]
+
+    return score
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,7 +10,12 @@ Strategies (`--pair-selection`):
                     recipe's best-vs-worst pair, whose label the policy learns most from. The default with one.
   reward-uncertain  the two samples the reward model scores closest: where it is least sure, which is where a
                     human label teaches the reward model most.
-  auto              reward-extremes with a registered reward model, most-different without.
+  implicit-extremes the highest against the lowest DPO implicit reward, log pi(y|x) - log pi_ref(y|x), of the round's
+                    own checkpoint against its DPO reference: the preferences the labels taught so far rank the
+                    samples (as in DICE, Chen et al. 2024), with no reward model to train. Only for a checkpoint
+                    trained by DPO.
+  auto              reward-extremes with a registered reward model; else implicit-extremes when the round's
+                    checkpoint was trained by DPO; else most-different (the base model's round).
 
 Whatever the strategy, a pair never holds an empty response, two identical texts (compared after strip) or two
 responses both cut off at the token limit (a judge has nothing to prefer between two unfinished answers). A prompt
@@ -27,19 +32,21 @@ from collections.abc import Sequence
 
 from training.sampling import Sample
 
-SELECTIONS = ("auto", "most-different", "reward-extremes", "reward-uncertain")
+SELECTIONS = ("auto", "most-different", "reward-extremes", "reward-uncertain", "implicit-extremes")
 REWARD_SELECTIONS = ("reward-extremes", "reward-uncertain")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def choose_selection(requested: str, have_reward_model: bool) -> str:
-    """The strategy `requested` names, auto resolved; a reward strategy without a reward model is an error."""
+def choose_selection(requested: str, have_reward_model: bool, trained_by_dpo: bool = False) -> str:
+    """The strategy `requested` names, auto resolved; a strategy without what it scores with is an error."""
     if requested not in SELECTIONS:
         raise ValueError(f"pair_selection must be one of {', '.join(SELECTIONS)}, not {requested!r}")
     if requested == "auto":
-        return "reward-extremes" if have_reward_model else "most-different"
+        return "reward-extremes" if have_reward_model else "implicit-extremes" if trained_by_dpo else "most-different"
     if requested in REWARD_SELECTIONS and not have_reward_model:
         raise ValueError(f"pair_selection {requested} needs a registered reward model: run `prefloop train-rm` first")
+    if requested == "implicit-extremes" and not trained_by_dpo:
+        raise ValueError("pair_selection implicit-extremes needs a round whose checkpoint DPO trained")
     return requested
 
 
@@ -73,7 +80,7 @@ def select_pair(
         return max(candidates, key=lambda p: dice_distance(samples[p[0]].text, samples[p[1]].text))
     if scores is None:
         raise ValueError(f"pair selection {strategy} needs reward scores")
-    if strategy == "reward-extremes":
+    if strategy in ("reward-extremes", "implicit-extremes"):
         return max(candidates, key=lambda p: abs(scores[p[0]] - scores[p[1]]))
     if strategy == "reward-uncertain":
         return min(candidates, key=lambda p: abs(scores[p[0]] - scores[p[1]]))
