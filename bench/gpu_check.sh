@@ -42,7 +42,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b | loop-sweep | loop-s
     cp /root/work/smoke-reports/smoke.json "$out/"
     ;;
   loop-sweep)
-    timed "sweep-${2//,/+}" python3 bench/loop_sweep.py --variants "${2:?variants}" --judges "${3:-shorter}" \
+    timed sweep python3 bench/loop_sweep.py --variants "${2:?variants}" --judges "${3:-shorter}" --throughput \
       --work /root/work/sweep --out /root/work/sweep-out --deadline "${4:-540}" || true
     cp /root/work/sweep-out/sweep.md "$out/sweep-$(date +%H%M%S).md"
     cp /root/work/sweep-out/sweep.json "$out/sweep-$(date +%H%M%S).json"

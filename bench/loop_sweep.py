@@ -32,8 +32,15 @@ def loop_name(variant: str, judge: str) -> str:
     return f"{variant}--{judge.replace('@', '-noise')}"
 
 
-def write_dpo_yaml(variant: str, overrides: dict, folder: Path) -> Path:
+# Throughput only, on a GPU with memory to spare for a 135M model: the same 8 pairs a step in one micro-batch instead of
+# 2 x 4, and no activation recomputation. The objective is unchanged (configs/dpo.yaml keeps the reference's 2 x 4).
+GPU_THROUGHPUT = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "gradient_checkpointing": False}
+
+
+def write_dpo_yaml(variant: str, overrides: dict, folder: Path, throughput: bool) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "dpo.yaml").read_text()) | (overrides or {})
+    if throughput:
+        config |= GPU_THROUGHPUT
     path = folder / f"dpo-{variant}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -53,7 +60,10 @@ def start(variant: str, judge: str, dpo_yaml: Path, work: Path, args) -> subproc
         "--report-dir", str(folder / "reports"),
     ] + (["--eval-config", str(args.eval_config)] if args.eval_config else [])
     log = open(folder / "loop.log", "a")
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": str(args.threads),  # the loops share the machine's cores
+    }
     return subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -87,6 +97,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("sweep-out"))
     parser.add_argument("--deadline", type=float, default=540, help="seconds before unfinished loops are stopped")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--throughput", action="store_true", help="one micro-batch of 8, no checkpointing (GPU)")
     args = parser.parse_args()
     variants = yaml.safe_load(VARIANTS.read_text())
     if args.list:
@@ -101,8 +112,9 @@ def main() -> int:
 
     began = time.monotonic()
     loops = {}
+    args.threads = max(1, (os.cpu_count() or 2) // (len(args.variants.split(",")) * len(args.judges.split(","))))
     for variant in args.variants.split(","):
-        dpo_yaml = write_dpo_yaml(variant, variants[variant], args.work)
+        dpo_yaml = write_dpo_yaml(variant, variants[variant], args.work, args.throughput)
         for judge in args.judges.split(","):
             loops[loop_name(variant, judge)] = start(variant, judge, dpo_yaml, args.work, args)
     while any(p.poll() is None for p in loops.values()) and time.monotonic() - began < args.deadline:
