@@ -4,8 +4,9 @@
     python bench/loop_sweep.py --list                       # the variants in bench/loop_variants.yaml
     bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
 
-Each variant is a set of DPOTrainConfig fields laid over configs/dpo.yaml (bench/loop_variants.yaml); each judge is a
-function of training/judges.py (`name` or `name@noise` for a noisy annotator). Every loop runs in its own folder
+Each variant (bench/loop_variants.yaml) lays DPOTrainConfig fields over configs/dpo.yaml, GenerateConfig fields over
+configs/generate.yaml and LoopConfig fields over the loop's defaults; each judge is a function of training/judges.py
+(`name` or `name@noise` for a noisy annotator). Every loop runs in its own folder
 under --work (database, checkpoints, report), as its own process; a rerun of the same command skips loops that
 finished and resumes the others from their state files (loop-sim's own resume). The embedded model is converted once
 before the loops start. When all are done (or --deadline seconds have passed: the unfinished ones are left to resume)
@@ -37,16 +38,22 @@ def loop_name(variant: str, judge: str) -> str:
 GPU_THROUGHPUT = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "gradient_checkpointing": False}
 
 
-def write_dpo_yaml(variant: str, overrides: dict, folder: Path, throughput: bool) -> Path:
-    config = yaml.safe_load((ROOT / "configs" / "dpo.yaml").read_text()) | (overrides or {})
-    if throughput:
-        config |= GPU_THROUGHPUT
-    path = folder / f"dpo-{variant}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+def write_configs(variant: str, spec: dict, folder: Path, throughput: bool) -> dict[str, Path]:
+    """The variant's DPO and generation YAML files: its sections laid over configs/dpo.yaml and configs/generate.yaml."""
+    unknown = set(spec) - {"dpo", "generate", "loop"}
+    if unknown:
+        raise SystemExit(f"bench/loop_variants.yaml: variant {variant}: unknown sections {sorted(unknown)}")
+    paths = {}
+    for section in ("dpo", "generate"):
+        config = yaml.safe_load((ROOT / "configs" / f"{section}.yaml").read_text()) | spec.get(section, {})
+        if section == "dpo" and throughput:
+            config |= GPU_THROUGHPUT
+        paths[section] = folder / f"{section}-{variant}.yaml"
+        paths[section].write_text(yaml.safe_dump(config, sort_keys=False))
+    return paths
 
 
-def start(variant: str, judge: str, dpo_yaml: Path, work: Path, args) -> subprocess.Popen:
+def start(variant: str, judge: str, configs: dict[str, Path], loop: dict, work: Path, args) -> subprocess.Popen:
     name = loop_name(variant, judge)
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,9 +63,11 @@ def start(variant: str, judge: str, dpo_yaml: Path, work: Path, args) -> subproc
         "--judge", f"training.judges:{judge_name}", "--noise", noise or "0", "--rounds", str(args.rounds),
         "--pairs-per-round", str(args.pairs), "--heldout-pairs", str(args.heldout_pairs),
         "--prompts-file", str(ROOT / "store" / "seeds" / "prompts.jsonl"),
-        "--generate-config", str(ROOT / "configs" / "generate.yaml"), "--dpo-config", str(dpo_yaml),
+        "--generate-config", str(configs["generate"]), "--dpo-config", str(configs["dpo"]),
         "--report-dir", str(folder / "reports"),
     ] + (["--eval-config", str(args.eval_config)] if args.eval_config else [])
+    for key, value in loop.items():
+        command += ["--" + key.replace("_", "-"), str(value)]
     log = open(folder / "loop.log", "a")
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -114,9 +123,10 @@ def main() -> int:
     loops = {}
     args.threads = max(1, (os.cpu_count() or 2) // (len(args.variants.split(",")) * len(args.judges.split(","))))
     for variant in args.variants.split(","):
-        dpo_yaml = write_dpo_yaml(variant, variants[variant], args.work, args.throughput)
+        spec = variants[variant] or {}
+        configs = write_configs(variant, spec, args.work, args.throughput)
         for judge in args.judges.split(","):
-            loops[loop_name(variant, judge)] = start(variant, judge, dpo_yaml, args.work, args)
+            loops[loop_name(variant, judge)] = start(variant, judge, configs, spec.get("loop", {}), args.work, args)
     while any(p.poll() is None for p in loops.values()) and time.monotonic() - began < args.deadline:
         time.sleep(5)
     for process in loops.values():

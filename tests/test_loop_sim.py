@@ -23,6 +23,15 @@ def prefers_letter_e(messages, response_a, response_b):
     return ("a" if count_a > count_b else "b"), "clear"
 
 
+def prefers_letter_e_density(messages, response_a, response_b):
+    """Prefers the response with more e's per character: a content preference a tiny model's token distribution can
+    learn, decided on most pairs, and blind to length."""
+    density_a, density_b = (r.count("e") / max(1, len(r)) for r in (response_a, response_b))
+    if density_a == density_b:
+        return "tie", None
+    return ("a" if density_a > density_b else "b"), "clear"
+
+
 def test_builtin_judges_and_loading():
     assert shorter([], "short", "a much longer answer") == ("a", "clear")
     assert shorter([], "same", "same") == ("tie", None)
@@ -124,7 +133,7 @@ def test_health_check_stops_a_collapsed_policy(store, stopping_model_dir, tmp_pa
     base = store.register_checkpoint("base", str(stopping_model_dir))
     collapsed = store.register_checkpoint("dpo", str(stopping_model_dir), str(tmp_path / "collapsed"), parent_id=base)
     config = build(LoopConfig, None, dict(health_prompts=8, eval_config=scaled_down_recipe(tmp_path)["eval_config"]))
-    with pytest.raises(LoopError, match=r"checkpoint \d+ collapsed: 100% of 8 held-out answers are empty"):
+    with pytest.raises(LoopError, match=r"checkpoint \d+ collapsed: of 8 held-out answers 100% are empty"):
         _check_health(store, config, collapsed, log=lambda *_: None)
     healthy = _check_health(store, config, base, log=lambda *_: None)
     assert healthy["empty_share"] < 0.5 and healthy["kl_to_base"] == 0

@@ -447,3 +447,14 @@ def test_cli_train_dpo_with_an_ipo_loss(tiny_model_dir, tmp_path, db_path, capsy
         == 1
     )
     assert "a finished run" in capsys.readouterr().err
+
+
+def test_min_steps_raises_the_epochs_of_a_small_export():
+    """A round with few decisive labels still trains: 8 pairs at 8 a step make 1 step an epoch, so at least 16 steps
+    take 16 epochs; an export large enough for the configured epochs is left alone."""
+    from training.common import TrainConfig, epochs_for
+
+    config = TrainConfig(num_train_epochs=2, min_steps=16, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    assert epochs_for(config, 8) == 16 and epochs_for(config, 20) == pytest.approx(16 / 3)
+    assert epochs_for(config, 128) == 2  # 16 steps an epoch: the configured 2 epochs give 32
+    assert epochs_for(TrainConfig(num_train_epochs=2), 8) == 2  # min_steps 0: off

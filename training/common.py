@@ -16,6 +16,7 @@ stays fast and, on a GPU, Unsloth is imported before transformers and TRL.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,9 @@ class TrainConfig(ModelConfig):
     output_dir: str = opt("", "run directory; empty: checkpoints/round-<n>/<kind>")
     learning_rate: float = opt(2e-4, "peak learning rate of the LoRA parameters")
     num_train_epochs: float = opt(1.0, "passes over the training split")
+    min_steps: int = opt(
+        0, "at least this many optimizer steps however small the export: more passes over a small one (0: off)"
+    )
     max_steps: int = opt(-1, "stop after this many optimizer steps; -1: run num_train_epochs")
     per_device_train_batch_size: int = opt(2, "examples (pairs) per forward pass")
     gradient_accumulation_steps: int = opt(4, "forward passes per optimizer step")
@@ -106,6 +110,14 @@ def load_export(store: Store, name: str = "") -> tuple[dict, Any]:
     if not isinstance(data, DatasetDict) or "train" not in data or len(data["train"]) == 0:
         raise TrainingError(f"export {export['name']!r} ({path}) has no training rows")
     return export, data
+
+
+def epochs_for(config: TrainConfig, rows: int) -> float:
+    """num_train_epochs, raised where `rows` examples would give fewer than min_steps optimizer steps."""
+    if config.min_steps <= 0 or rows == 0:
+        return config.num_train_epochs
+    steps_per_epoch = math.ceil(rows / (config.per_device_train_batch_size * config.gradient_accumulation_steps))
+    return max(config.num_train_epochs, config.min_steps / steps_per_epoch)
 
 
 def require_columns(dataset, columns: tuple[str, ...], source: str) -> None:

@@ -44,7 +44,7 @@ calls that head.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from store import Store
@@ -56,6 +56,7 @@ from training.common import (
     add_common_arguments,
     base_model_of,
     choose_parent,
+    epochs_for,
     load_export,
     require_columns,
     round_of,
@@ -104,6 +105,10 @@ def train(
     export, data = load_export(store, config.export)
     for split in data:
         require_columns(data[split], PREFERENCE_COLUMNS, f"export {export['name']!r}, split {split}")
+    epochs = epochs_for(config, len(data["train"]))
+    if epochs != config.num_train_epochs:
+        print(f"{len(data['train'])} pairs: {epochs:.2f} epochs for at least {config.min_steps} optimizer steps")
+        config = replace(config, num_train_epochs=epochs)
     parent = choose_parent(store, config.parent)
     base_model = base_model_of(config, parent)
     adapter_path = parent["adapter_path"] if parent else None

@@ -10,7 +10,7 @@ Round r samples k responses per prompt with round r's checkpoint and keeps the p
 held-out pairs; the judge labels them as annotator sim:<judge>; the train pairs are exported and DPO
 (configs/dpo.yaml: the recipe `make train-dpo` uses) continues round r's checkpoint, which gives the checkpoint of
 round r + 1. A health check then samples the new checkpoint and stops the loop, with the figures, when the policy
-collapsed (empty answers, or a KL to the base model beyond a bound). After the last round every checkpoint is
+collapsed (empty answers, answers that never end, or a KL to the base model beyond a bound). After the last round every checkpoint is
 evaluated (`prefloop eval`: held-out preference accuracy on every judged held-out pair, KL to the base model, response
 length) and, on the same held-out prompts, k samples of each round compete under the judge with round 0's and with
 the previous round's. The table, a plot and a JSON summary go to data/reports/<name>.md, .png and .json.
@@ -48,6 +48,7 @@ class LoopConfig:
     prompts_file: str = opt("store/seeds/prompts.jsonl", "prompts imported before round 0 (duplicates skipped)")
     pairs_per_round: int = opt(128, "judged train pairs per round (generation tops up until the round has them)")
     heldout_pairs: int = opt(128, "judged held-out pairs per round, for held-out preference accuracy")
+    train_on: str = opt("round", "each round's DPO run learns from that round's labels (round) or every round's so far (all)")
     generate_config: str = opt("configs/generate.yaml", "YAML of candidate generation (k samples, decoding)")
     dpo_config: str = opt("configs/dpo.yaml", "YAML of each round's DPO run: the recipe `make train-dpo` uses")
     eval_config: str = opt("", "YAML of the evaluation (empty: EvalConfig's defaults, 200 prompts x 4 samples)")
@@ -57,6 +58,7 @@ class LoopConfig:
         "patches the model classes it runs); unsloth or auto for models where its speed matters",
     )
     max_empty_share: float = opt(0.5, "health check: stop when more of a new checkpoint's answers are empty")
+    max_cut_share: float = opt(0.95, "health check: stop when more of its answers run to the token limit (never end)")
     max_kl: float = opt(25.0, "health check: stop when a new checkpoint's KL to the base model exceeds this (nats)")
     health_prompts: int = opt(64, "held-out prompts the health check samples once each")
     seed: int = opt(3407, "seed of generation, the judge's noise and evaluation (DPO's is in its YAML)")
@@ -94,6 +96,8 @@ class LoopState:
 
 
 def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
+    if config.train_on not in ("round", "all"):
+        raise ValueError(f"train_on must be round or all, not {config.train_on!r}")
     from store.importers import import_file
     from training.judges import load_judge
     from training.loop_report import report_rows, write_report
@@ -170,6 +174,9 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
         produced += summary.pairs
         log(f"round {round_id} {split}: {summary.pairs} pairs from {summary.prompts} prompts "
             f"({summary.unpaired_prompts} without a pair, {summary.truncated} responses cut off) in {summary.seconds:.0f} s")
+        if summary.pairs == 0:  # nothing this model samples makes a pair (all cut off, say): more prompts won't help
+            log(f"round {round_id}: no {split} pair from {summary.prompts} prompts; {wanted - missing} of {wanted}")
+            break
     return {"pairs": store.count_pairs(round_id, split, "samples"), "new_pairs": produced}
 
 
@@ -178,7 +185,8 @@ def _export(store: Store, config: LoopConfig, r: int, round_id: int) -> dict:
 
     name = f"{config.name}-round-{r}"
     if name not in {e["name"] for e in store.list_exports()}:  # an export registered before a crash is reused
-        export(store, build(ExportConfig, None, {"name": name, "round": str(round_id)}))
+        scope = str(round_id) if config.train_on == "round" else "all"  # the loop's database holds its rounds only
+        export(store, build(ExportConfig, None, {"name": name, "round": scope}))
     return {"export": name}
 
 
@@ -219,15 +227,18 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
     spec = spec_of(checkpoint)
     samples = [s for row in evaluator.samples(spec) for s in row]
     empty = sum(not s.text.strip() for s in samples) / len(samples)
+    cut = sum(not s.stopped for s in samples) / len(samples)
     kl = evaluator.kl_to_base(spec, evaluator.base_spec(checkpoint))["value"]
-    health = {"checked": True, "empty_share": empty, "kl_to_base": kl, "prompts": len(samples)}
-    log(f"health of checkpoint {checkpoint_id}: {empty:.0%} empty answers, KL to base {kl:.2f} nats per response")
-    if empty > config.max_empty_share or kl > config.max_kl:
+    health = {"checked": True, "empty_share": empty, "cut_share": cut, "kl_to_base": kl, "prompts": len(samples)}
+    log(f"health of checkpoint {checkpoint_id}: {empty:.0%} empty answers, {cut:.0%} cut at the token limit, "
+        f"KL to base {kl:.2f} nats per response")
+    if empty > config.max_empty_share or cut > config.max_cut_share or kl > config.max_kl:
         raise LoopError(
-            f"checkpoint {checkpoint_id} collapsed: {empty:.0%} of {len(samples)} held-out answers are empty "
-            f"(bound {config.max_empty_share:.0%}) and its KL to the base model is {kl:.1f} nats per response "
-            f"(bound {config.max_kl:g}). Lower the DPO learning rate or epochs in {config.dpo_config}, raise beta, "
-            f"or start again from an earlier checkpoint; the loop stops here."
+            f"checkpoint {checkpoint_id} collapsed: of {len(samples)} held-out answers {empty:.0%} are empty "
+            f"(bound {config.max_empty_share:.0%}) and {cut:.0%} never end (bound {config.max_cut_share:.0%}); "
+            f"its KL to the base model is {kl:.1f} nats per response (bound {config.max_kl:g}). Lower the DPO "
+            f"learning rate or epochs in {config.dpo_config}, raise beta, or start again from an earlier "
+            "checkpoint; the loop stops here."
         )
     return health
 
