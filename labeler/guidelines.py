@@ -1,9 +1,14 @@
-"""The annotation guidelines: markdown kept in the store setting "guidelines", editable by admins on the Label page."""
+"""The annotation guidelines: markdown kept in the store setting "guidelines", editable by admins on the Label page.
+
+Admins type them, every annotator's browser shows them: they are rendered inert (`render.inert_markdown`), so no image
+is fetched and no link followed from them.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from labeler.render import inert_markdown
 from store import Annotator, Store
 
 SETTING = "guidelines"
@@ -40,11 +45,12 @@ def _load(_store: Store, db_path: str) -> str:
     return _store.get_setting(SETTING, DEFAULT_GUIDELINES)
 
 
-def guidelines_panel(store: Store, annotator: Annotator) -> None:
-    """A collapsed panel with the guidelines; admins get a text area to edit them."""
-    with st.expander("Guidelines", icon=":material/menu_book:"):
+def guidelines_panel(store: Store, annotator: Annotator, expanded: bool = False) -> None:
+    """A panel with the guidelines, collapsed unless `expanded` (an annotator's first visit); admins get a text area
+    to edit them."""
+    with st.expander("Guidelines", icon=":material/menu_book:", expanded=expanded):
         text = _load(store, str(store.path))
-        st.markdown(text)
+        st.markdown(inert_markdown(text))
         if annotator.is_admin:
             edited = st.text_area("Edit the guidelines (markdown; admins only)", value=text, height=300)
             if st.button("Save guidelines", icon=":material/save:") and edited != text:
