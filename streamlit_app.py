@@ -24,8 +24,9 @@ ADMIN_PAGES = [  # (file, title, icon)
 
 annotator = current_annotator()
 # Annotators have nothing in the sidebar but their name and "Sign out": keep the width for the two responses. Admins
-# get it open on a wide screen and closed on a phone ("auto"), where it would cover the page.
-st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide",
+# get it open on a wide screen and closed on a phone ("auto"), where it would cover the page. The favicon is an emoji
+# (drawn locally): a ":material/..." icon would be fetched from fonts.gstatic.com by every visitor's browser.
+st.set_page_config(page_title="prefloop", page_icon="⚖️", layout="wide",
                    initial_sidebar_state="auto" if annotator and annotator.is_admin else "collapsed")
 if annotator is None:
     # Every page's URL shows the sign-in form, and after signing in the same URL shows the page itself.

@@ -15,6 +15,7 @@ from store import Store
 
 EXPORTS_FOLDER = "exports"  # under the database's folder
 ROW_SPLITS = ("train", "test", "train_negatives", "test_negatives")
+DROPPED = {"disagreement": "disagreements", "low_agreement": "low agreement", "tie": "ties", "both_bad": "both bad"}
 
 
 def exports_dir(store: Store) -> Path:
@@ -32,14 +33,14 @@ def export_dataset(store: Store, scope: str, name: str | None, both_bad: str) ->
 
 def summary(counts: dict) -> str:
     """An export's counts in words, e.g. "12 train rows and 3 test rows, from 20 judged pairs (40 judgments); left
-    out: 2 ties, 3 disagreements." (markdown; numbers only, no text anyone typed)."""
+    out: 2 ties, 3 disagreements." (markdown; numbers and the export's reasons only, no text anyone typed)."""
     rows = [f"**{counts[s]:,}** {s.replace('_', ' ')} row{'' if counts[s] == 1 else 's'}"
             for s in ROW_SPLITS if s in counts]
     rows_text = ", ".join(rows[:-1]) + f" and {rows[-1]}" if len(rows) > 1 else "".join(rows)
     judged = ""
     if "judged_pairs" in counts:
         judged = f", from {counts['judged_pairs']:,} judged pairs ({counts.get('judgments', 0):,} judgments)"
-    dropped = [f"{n:,} {reason.replace('_', ' ')}" for reason, n in counts.get("dropped", {}).items() if n]
+    dropped = [f"{n:,} {DROPPED.get(reason, reason)}" for reason, n in counts.get("dropped", {}).items() if n]
     return f"{rows_text}{judged}; left out: {', '.join(dropped) if dropped else 'none'}."
 
 

@@ -17,10 +17,11 @@ PACE_WINDOW = 50
 PACE_REFRESH_SECONDS = 60
 
 
-def annotator_pace(store: Store, annotator: Annotator) -> dict:
-    """`Store.annotator_pace` for this annotator, cached in the session for PACE_REFRESH_SECONDS."""
+def annotator_pace(store: Store, annotator: Annotator, max_age: float | None = None) -> dict:
+    """`Store.annotator_pace` for this annotator, cached in the session: read again when older than `max_age` seconds
+    (None: only when there is none yet). The Label page refreshes it after drawing the pair, off the way to it."""
     cached = st.session_state.get("pace")
-    if cached is None or time.monotonic() - cached["read_at"] > PACE_REFRESH_SECONDS:
+    if cached is None or (max_age is not None and time.monotonic() - cached["read_at"] > max_age):
         cached = {**store.annotator_pace(annotator.id, PACE_WINDOW), "read_at": time.monotonic()}
         st.session_state["pace"] = cached
     return cached

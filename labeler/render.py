@@ -69,6 +69,7 @@ _LINK_SYNTAX = re.compile(r"(?<=\])(?=[(:])|(?<=<)(?=[A-Za-z][A-Za-z0-9+.-]{1,31
 # What can start markdown, math, HTML or an entity inside a line; at its start also a heading, list or quote marker.
 _INLINE_ACTIVE = re.compile(r"([\\`*_\[\]<~$&])")
 _LINE_START_ACTIVE = re.compile(r"^(\d*)([#>=+\-.)])")
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=\bwww)(?=\.)")  # where GFM would start a bare web link
 
 
 def inert_markdown(text: str) -> str:
@@ -81,10 +82,12 @@ def inert_markdown(text: str) -> str:
 def plain(text: str) -> str:
     """A short text a person typed (a name, a file name, a note) as markdown that shows exactly its characters, on one
     line (line breaks become spaces), for the app's own messages: the characters that could form emphasis, code, a
-    link, an image, HTML, math or an entity are escaped, a leading block marker too, and no colon starts a directive,
-    an emoji shortcode or an icon (`faithful.neutral_colons`)."""
+    link, an image, HTML, math or an entity are escaped, a leading block marker too, a WORD JOINER keeps web
+    addresses from becoming links, and no colon starts a directive, an emoji shortcode or an icon
+    (`faithful.neutral_colons`)."""
     escaped = _INLINE_ACTIVE.sub(r"\\\1", " ".join(str(text).split()))
-    return neutral_colons(_LINE_START_ACTIVE.sub(r"\1\\\2", escaped))
+    escaped = _AUTOLINK.sub(WORD_JOINER, _LINE_START_ACTIVE.sub(r"\1\\\2", escaped))
+    return neutral_colons(escaped)
 
 
 @functools.lru_cache(maxsize=256)
@@ -192,7 +195,7 @@ _CSS = """
     [class*="st-key-ut-box-"] { max-height: 45vh; }
     .st-key-choice-bar button { padding: 0.25rem 0.6rem; min-height: 2.25rem; }
     .st-key-choice-bar, .st-key-choice-bar [data-testid="stHorizontalBlock"] { gap: 0.5rem; }
-    kbd { display: none; }  /* shortcut hints: a phone has no keyboard, and they widen every button */
+    [data-testid="stApp"] kbd { display: none !important; }  /* key hints: a phone has no keyboard */
 }
 """
 _BACKGROUND = {"dark": "#0e1117"}

@@ -82,4 +82,5 @@ responses_side_by_side("Response a", pair["response_a"], "Response b", pair["res
 st.markdown("**Judgments** (in stored terms: a is the left response above)")
 st.dataframe([{**j, "choice": CHOICE_LABELS[j["choice"]]} for j in pair["judgments"]], hide_index=True)
 if final_label := pair["adjudication"]:
+    st.markdown("**Final label**")
     st.dataframe([{**final_label, "choice": CHOICE_LABELS[final_label["choice"]]}], hide_index=True)

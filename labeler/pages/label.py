@@ -9,7 +9,7 @@ import streamlit as st
 
 from labeler import labeling
 from labeler.guidelines import guidelines_panel
-from labeler.pace import annotator_pace, pace_text
+from labeler.pace import PACE_REFRESH_SECONDS, annotator_pace, pace_text
 from labeler.render import (
     conversation,
     page_style,
@@ -32,8 +32,8 @@ pair = labeling.current_pair(store, annotator)
 if notice := state.pop("notice", None):
     kind, message = notice
     (st.error if kind == "error" else st.toast)(message)
-pace = annotator_pace(store, annotator)
-guidelines_panel(store, annotator, expanded=pace["judgments"] == 0)  # open on an annotator's first visit
+# Open on an annotator's first visit (no judgment when the session began); then as the annotator leaves it.
+guidelines_panel(store, annotator, expanded=annotator_pace(store, annotator)["judgments"] == 0)
 
 if pair is None:
     round_id = state.get("round_id")
@@ -80,6 +80,7 @@ else:
     st.caption(f"Pair {pair_id}")
 
 counts = labeling.progress(store, annotator, local_day_start())
+pace = annotator_pace(store, annotator, max_age=PACE_REFRESH_SECONDS)
 round_text = "all rounds" if state.get("round_id") is None else f"round {state['round_id']}"
 remaining = f"{counts['left']} judgment{'' if counts['left'] == 1 else 's'} left in {round_text}"
 progress_slot.progress(
