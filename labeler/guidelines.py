@@ -32,8 +32,12 @@ Length is not quality: a short correct answer beats a long one with a mistake in
 - **Skip** — you cannot judge this one (e.g. it needs expertise you do not have). It goes to someone else.
 - **Undo last** — takes back your last judgment and shows that pair again.
 
-**Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength.
-Keys do nothing while you type in the rationale box: press `Tab` or click outside it first.
+**Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength;
+`V` shows the exact characters (raw text), `E` expands long texts. Keys do nothing while you type in the rationale box:
+press `Tab` or click outside it first.
+
+**The text is shown as the model wrote it**: its line breaks and indentation, `$` as a dollar (math only in a
+```` ```math ```` block), links as their text. A very long response shows its start; "Show all" below it shows the rest.
 
 Which model wrote which response is hidden, and the left/right order is shuffled: judge the text, not the position.
 """

@@ -173,7 +173,8 @@ def view_controls() -> tuple[bool, bool]:
 
 
 # --- CSS ----------------------------------------------------------------------------------------------------------
-# Every container keyed "ut-..." holds untrusted text: long words wrap, headings are sized for a box, not a page. "ut-box-..." and "ut-prompt-..." scroll inside a height fitted to the window.
+# Every container keyed "ut-..." holds untrusted text: long words wrap, headings are sized for a box, not a page;
+# "ut-box-..." and "ut-prompt-..." scroll inside a height fitted to the window ("ut-full-...": expanded, no limit).
 # On the Label page the choice bar ("choice-bar") is drawn early in the page (so Tab reaches the rationale box
 # at once) but shown last (flex order), and sticks to the bottom of the window: visible whatever the text length.
 _CSS = """

@@ -67,7 +67,8 @@ class BrowseMixin:
             where, params = self._pair_conditions(con, filters)
             if filters.annotator is not None or filters.choice is not None:
                 where.append("EXISTS (SELECT 1 FROM judgments j JOIN annotators an ON an.id = j.annotator_id "
-                             "WHERE j.pair_id = v.pair_id AND (? IS NULL OR an.name = ?) AND (? IS NULL OR j.choice = ?))")
+                             "WHERE j.pair_id = v.pair_id AND (? IS NULL OR an.name = ?) "
+                             "AND (? IS NULL OR j.choice = ?))")
                 params += [filters.annotator, filters.annotator, filters.choice, filters.choice]
             if filters.text:
                 needle = filters.text.lower()

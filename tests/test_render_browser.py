@@ -76,7 +76,8 @@ def test_a_response_is_shown_as_the_model_wrote_it(server, new_page):
     box.wait_for()
     screenshot(page, "faithful")
     text = shown(box)
-    for part in ("Roses are red\nViolets are blue", "A.\nB.\nC.", "def f(x):\n    if x:\n        return 1\n    return 2",
+    for part in ("Roses are red\nViolets are blue", "A.\nB.\nC.",
+                 "def f(x):\n    if x:\n        return 1\n    return 2",
                  "It costs $5, or $x^2$ in math :smile: :red[not red]"):
         assert part in text, (part, text)
     assert box.locator(".katex").count() == 1  # the ```math fence, and nothing else, is math

@@ -18,7 +18,8 @@ def show_token_once() -> None:
     """The token of the account just created or reset; it is popped, so it is gone on the next run."""
     if issued := state.pop("issued_token", None):
         name, token = issued
-        st.success(f"Sign-in token for **{plain(name)}**. It is shown this once and stored only as a hash: copy it now.")
+        st.success(f"Sign-in token for **{plain(name)}**. It is shown this once and stored only as a hash: "
+                   "copy it now.")
         st.code(token, language=None)
 
 

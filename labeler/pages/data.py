@@ -74,14 +74,17 @@ if do_export:
     else:
         st.success(f"Exported **{plain(result['name'])}**: {summary(result['counts'])}")
 
-exports = [e for e in reversed(store.list_exports()) if Path(e["path"]).is_dir()]  # newest first
+exports = list(reversed(store.list_exports()))  # newest first
 if exports:
     st.dataframe([{"name": e["name"], "round": e["round_id"], "created_at": e["created_at"],
                    "rows": ", ".join(f"{s} {e['counts'][s]}" for s in ROW_SPLITS if s in e["counts"]),
-                   "path": e["path"]} for e in exports], hide_index=True)
+                   "on disk": Path(e["path"]).is_dir(), "path": e["path"]} for e in exports], hide_index=True)
+downloadable = [e for e in exports if Path(e["path"]).is_dir()]
+if downloadable:
     with st.container(horizontal=True, vertical_alignment="bottom"):
-        chosen = st.selectbox("Export to download", range(len(exports)), format_func=lambda i: exports[i]["name"])
-        st.download_button("Download zip", data=functools.partial(zip_folder, Path(exports[chosen]["path"])),
-                           file_name=f"{exports[chosen]['name']}.zip", mime="application/zip", on_click="ignore",
+        chosen = st.selectbox("Export to download", range(len(downloadable)),
+                              format_func=lambda i: downloadable[i]["name"])
+        st.download_button("Download zip", data=functools.partial(zip_folder, Path(downloadable[chosen]["path"])),
+                           file_name=f"{downloadable[chosen]['name']}.zip", mime="application/zip", on_click="ignore",
                            icon=":material/download:", type="primary")
-    st.caption(summary(exports[chosen]["counts"]))
+    st.caption(summary(downloadable[chosen]["counts"]))
