@@ -1,6 +1,7 @@
 """Rendering cost of huge responses: seconds until a pair holding one appears on the Label and Review pages.
 
     .venv/bin/python bench/render_bench.py                          # every case, Label and Review
+    .venv/bin/python bench/render_bench.py --pages label,review,show-all
     .venv/bin/python bench/render_bench.py --cases word-200k,prose-1mb --pages label --out /tmp/render.json
 
 What is measured, in a real browser (Debian chromium through Playwright, viewport 1366x768) against `streamlit run
@@ -12,6 +13,8 @@ streamlit_app.py` on 127.0.0.1 with a throwaway database:
   review  two simulated judges disagree on both pairs; an admin on the Review page picks the short pair, then the
           huge one in "Pair to review"; the clock runs from that pick until the huge response's first line is on
           screen and the page is idle.
+  show-all  on the Label page, from clicking "Show all ... characters (raw)" under the huge response (a text over
+          20,000 characters is shown cut) until its last line is on screen: what asking for every character costs.
 Each case is a pair whose response a is the huge text and response b a short one (cases in CASES). Goal: every case
 under 2 s on both pages. A case that does not appear within --timeout seconds is reported as "> timeout".
 Prints a markdown table; --out writes the figures as JSON.
@@ -52,7 +55,8 @@ def _markdown(size: int) -> str:
     return (block * (size // len(block) + 1))[:size]
 
 
-# name: (what it is, the text). Each text starts with a line the review timing waits for: "Bench start <name>".
+# name: (what it is, the text). Each text starts with a line the timings wait for, "Bench start <name>", and ends
+# with "Bench end <name>".
 CASES = {
     "word-200k": ("one 200,000-character word (letters)", "x" * 200_000),
     "word-200k-emphasis": ("one 200,000-character word of emphasis delimiters (a*a*a*...)", "a*" * 100_000),
@@ -60,7 +64,7 @@ CASES = {
     "line-1mb": ("1 MB on one line (words)", ("word " * (MB // 5))[:MB]),
     "markdown-1mb": ("1 MB of markdown (headings, lists, code, links, dollars)", _markdown(MB)),
 }
-CASES = {name: (what, f"Bench start {name}\n\n{text}") for name, (what, text) in CASES.items()}
+CASES = {name: (what, f"Bench start {name}\n\n{text}\n\nBench end {name}") for name, (what, text) in CASES.items()}
 
 
 def _free_port() -> int:
@@ -95,7 +99,7 @@ def make_case_round(store: Store, name: str, text: str) -> tuple[int, int]:
                        for kind in ("short", "huge")])
     by_text = {p["messages"][0]["content"]: p["id"] for p in store.list_prompts()}
     checkpoint = store.register_checkpoint("base", "render-bench")
-    round_id = store.new_round(checkpoint, overlap_target=3)
+    round_id = store.new_round(checkpoint, overlap_target=4)
     items = []
     for kind, response in (("short", f"{name}: a short answer"), ("huge", text)):
         prompt_id = by_text[f"{name}: {kind} prompt"]
@@ -140,6 +144,23 @@ def time_label(browser, timeout: float, url: str, store: Store, name: str, short
     return time.monotonic() - start
 
 
+def time_show_all(browser, timeout: float, url: str, store: Store, name: str, short: int, huge: int,
+                  length: int) -> float:
+    _, token = store.add_annotator(f"bench-all-{name}")
+    page = new_page(browser, timeout)
+    sign_in(page, url, token)
+    page.get_by_text(f"Pair {short}", exact=True).wait_for()
+    time.sleep(0.7)
+    page.keyboard.press("a")
+    page.get_by_text(f"Pair {huge}", exact=True).wait_for()
+    _idle(page)
+    start = time.monotonic()
+    page.get_by_text(f"Show all {length:,} characters (raw)").click()
+    page.get_by_text(f"Bench end {name}").first.wait_for()
+    _idle(page)
+    return time.monotonic() - start
+
+
 def time_review(browser, timeout: float, url: str, store: Store, name: str, short: int, huge: int) -> float:
     _, token = store.add_annotator(f"bench-review-{name}", "admin")
     page = new_page(browser, timeout)
@@ -168,12 +189,12 @@ def judge_as_disagreements(store: Store, name: str, pair_ids: tuple[int, int]) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
-    parser.add_argument("--pages", default="label,review", help="label, review or both (comma-separated)")
+    parser.add_argument("--pages", default="label,review", help="label, review, show-all (comma-separated)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for one case on one page")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     names, pages = args.cases.split(","), args.pages.split(",")
-    unknown = [n for n in names if n not in CASES] + [p for p in pages if p not in ("label", "review")]
+    unknown = [n for n in names if n not in CASES] + [p for p in pages if p not in ("label", "review", "show-all")]
     if unknown:
         parser.error(f"unknown case or page: {', '.join(unknown)}")
 
@@ -196,6 +217,8 @@ def main() -> int:
                     try:
                         if page_name == "label":
                             seconds = time_label(browser, args.timeout, url, store, name, short, huge)
+                        elif page_name == "show-all":
+                            seconds = time_show_all(browser, args.timeout, url, store, name, short, huge, len(text))
                         else:
                             judge_as_disagreements(store, name, (short, huge))
                             seconds = time_review(browser, args.timeout, url, store, name, short, huge)
