@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from store import Candidates, Judgment, PromptIn, ResponseIn, Store  # noqa: E402
+from tests.browser import sign_in  # noqa: E402  (the test harness's: token field, Enter, wait)
 
 CHROMIUM = "/usr/bin/chromium"
 MB = 1_000_000
@@ -115,14 +116,6 @@ def _idle(page) -> None:
     page.wait_for_timeout(100)
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
-
-
-def sign_in(page, url: str, token: str, path: str = "") -> None:
-    page.goto(f"{url}/{path}")
-    page.get_by_label("Sign-in token", exact=True).fill(token)
-    page.keyboard.press("Enter")
-    page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
-    _idle(page)
 
 
 def new_page(browser, timeout: float):

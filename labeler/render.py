@@ -175,8 +175,8 @@ def view_controls() -> tuple[bool, bool]:
 # --- CSS ----------------------------------------------------------------------------------------------------------
 # Every container keyed "ut-..." holds untrusted text: long words wrap, headings are sized for a box, not a page;
 # "ut-box-..." and "ut-prompt-..." scroll inside a height fitted to the window ("ut-full-...": expanded, no limit).
-# On the Label page the choice bar ("choice-bar") is drawn early in the page (so Tab reaches the rationale box
-# at once) but shown last (flex order), and sticks to the bottom of the window: visible whatever the text length.
+# On the Label page the choice bar ("choice-bar") is drawn first in the page (so Tab reaches the rationale box at
+# once) but shown last (flex order), and sticks to the bottom of the window: visible whatever the text length.
 _CSS = """
 [class*="st-key-ut-"] [data-testid="stMarkdownContainer"] :is(p, li, td, th, h1, h2, h3, h4, h5, h6) {
     overflow-wrap: anywhere; }
@@ -189,6 +189,9 @@ _CSS = """
 [class*="st-key-ut-box-"] { max-height: max(12rem, calc(100vh - 33rem)); overflow-y: auto; }
 [class*="st-key-ut-prompt-"] { max-height: max(6rem, 18vh); overflow-y: auto; }
 [data-testid="stMainBlockContainer"] { padding-top: 3.5rem; padding-bottom: 1rem; }
+[data-testid="stElementContainer"]:has(> [data-testid="stHtml"] > script:only-child) { display: none; }
+[data-testid="stMain"]:focus { outline: none; }  /* focused by tab_from_the_top: no ring around the page */
+[data-testid="stMain"]:focus::before { box-shadow: none !important; }
 [data-testid="stLayoutWrapper"]:has(> .st-key-choice-bar) { order: 1; position: sticky; bottom: 0; z-index: 100;
     padding: 0.5rem 0 0.75rem 0; background-color: BACKGROUND; border-top: 1px solid rgba(128, 128, 128, 0.35); }
 @media (max-width: 640px) {
@@ -208,11 +211,16 @@ def page_style() -> None:
     st.html("<style>" + _CSS.replace("BACKGROUND", _BACKGROUND.get(theme, "#ffffff")) + "</style>")
 
 
+def _page_script(body: str) -> None:
+    """Run the app's own JavaScript `body` in the page (Streamlit runs it each time the text changes). Never pass
+    anything a person or a model wrote."""
+    st.html(f"<script>{body}</script>", unsafe_allow_javascript=True)
+
+
 def focus_field(label: str) -> None:
-    """Put the cursor in the text field labelled `label` once it is drawn, unless something else has the focus (the
-    app's own script: Streamlit offers no autofocus)."""
-    st.html(
-        """<script>
+    """Put the cursor in the text field labelled `label` once it is drawn, unless something else has the focus
+    (Streamlit offers no autofocus)."""
+    _page_script("""
         (function focus(tries) {
             const label = [...document.querySelectorAll('label')].find(l => l.innerText.trim() === LABEL);
             const input = label && document.getElementById(label.htmlFor);
@@ -221,7 +229,18 @@ def focus_field(label: str) -> None:
             } else if (tries > 0) {
                 setTimeout(() => focus(tries - 1), 50);
             }
-        })(100);
-        </script>""".replace("LABEL", json.dumps(label)),
-        unsafe_allow_javascript=True,
-    )
+        })(100);""".replace("LABEL", json.dumps(label)))
+
+
+def tab_from_the_top(pair_id: int) -> None:
+    """When a pair is drawn and nothing has the focus, give it to the page's scrolling area (arrow keys then scroll
+    it, shortcut keys still work), so the next Tab goes to the first field of the page (the rationale box) rather than
+    to whatever follows the button pressed on the previous pair. `pair_id` makes the script new for each pair."""
+    _page_script(f"""/* pair {int(pair_id)} */
+        setTimeout(() => {{
+            const main = document.querySelector('[data-testid="stMain"]');
+            if (main && (!document.activeElement || document.activeElement === document.body)) {{
+                if (!main.hasAttribute('tabindex')) main.setAttribute('tabindex', '-1');
+                main.focus({{preventScroll: true}});
+            }}
+        }}, 50);""")

@@ -247,7 +247,6 @@ def test_no_request_leaves_the_page_from_typed_text(server, new_page, listener):
         "rationale": f"![r]({bait}/rationale.png) [d](data:text/html,x)",
         "response": f"![i]({bait}/response.png) RESP-END",
     }
-    store.set_setting("guidelines", evil["guidelines"])
     (pair_id,) = round_of(store, [("Prompt with bait", evil["response"], "plain b")], overlap=2)
     annotator, token = store.add_annotator(evil["name"])
     admin, admin_token = store.add_annotator(evil["admin"], "admin")
@@ -257,6 +256,12 @@ def test_no_request_leaves_the_page_from_typed_text(server, new_page, listener):
     judge(store, pair_id, second.id, "b")  # a disagreement, settled by the admin's note
     store.adjudicate(pair_id, admin.id, "a", evil["note"])
 
+    editor = new_page()  # the admin writes the guidelines where admins do: the Label page's editor
+    sign_in(editor, url, admin_token)
+    editor.get_by_label("Edit the guidelines (markdown; admins only)").fill(evil["guidelines"])
+    editor.get_by_role("button", name="Save guidelines").click()
+    editor.get_by_text("GUIDE-END").first.wait_for()
+    editor.context.close()
     visits = [(token, "", "GUIDE-END"), (admin_token, "review", "Include pairs that already have a final label"),
               (admin_token, "browse", "Search"),
               (admin_token, "annotators", "Manage"), (admin_token, "dashboard", "Activity"),
@@ -338,6 +343,11 @@ def test_export_downloads_a_zip_written_next_to_the_database(server, new_page):
 
 
 # --- G: focus, Tab, pace, guidelines ------------------------------------------------------------------------------
+def guidelines_open(page) -> bool:
+    details = page.get_by_test_id("stExpander").filter(has_text="Guidelines").locator("details")
+    return details.get_attribute("open") is not None
+
+
 def test_focus_tab_pace_and_first_visit_guidelines(server, new_page):
     url, store = server
     pair_ids = round_of(store, [(f"Small {i}", f"a{i}", f"b{i}") for i in range(5)], overlap=2)
@@ -355,9 +365,9 @@ def test_focus_tab_pace_and_first_visit_guidelines(server, new_page):
     page.keyboard.press("Enter")
     page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
     wait_idle(page)
-    assert page.get_by_text("Your task.").is_visible()  # guidelines open on a first visit
+    assert guidelines_open(page)  # on a first visit
     focused = []
-    for _ in range(2):  # the rationale box is at most two Tab presses away
+    for _ in range(2):  # the rationale box is at most two Tab presses away (the first, here)
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.placeholder || document.activeElement.innerText"))
     assert any(f.startswith("Rationale") for f in focused), focused
@@ -368,15 +378,15 @@ def test_focus_tab_pace_and_first_visit_guidelines(server, new_page):
     page.keyboard.press("a")
     page.get_by_text(f"Pair {pair_ids[1]}", exact=True).wait_for()
     wait_idle(page)
-    assert page.get_by_text("Your task.").is_visible()  # left open for the rest of the visit
+    assert guidelines_open(page)  # left open for the rest of the visit
     next_visit = new_page()
     sign_in(next_visit, url, newcomer_token)
     next_visit.get_by_text(f"Pair {pair_ids[1]}", exact=True).wait_for()
-    assert not next_visit.get_by_text("Your task.").is_visible()  # closed on the next
+    assert not guidelines_open(next_visit)  # closed on the next
 
     veteran_page = new_page()
     sign_in(veteran_page, url, veteran_token)
-    assert not veteran_page.get_by_text("Your task.").is_visible()
+    assert not guidelines_open(veteran_page)
     # 10 s a judgment is 360 an hour; the round needs 10 - 3 = 7 more: 70 s at that pace
     progress = veteran_page.get_by_text(re.compile("your pace 360 per hour, about 1 min for the 7 left"))
     assert progress.count() == 1

@@ -18,6 +18,7 @@ from labeler.render import (
     screen_texts,
     screen_tokens,
     shown_left,
+    tab_from_the_top,
     view_controls,
 )
 from labeler.session import current_annotator, get_store, local_day_start
@@ -32,13 +33,16 @@ pair = labeling.current_pair(store, annotator)
 if notice := state.pop("notice", None):
     kind, message = notice
     (st.error if kind == "error" else st.toast)(message)
+# The choice bar is drawn first, so Tab reaches the rationale box at once, and shown at the bottom of the window
+# (render.py's CSS), so its buttons stay visible whatever the length of the texts.
+bar = st.container(key="choice-bar")
 # Open on an annotator's first visit (no judgment when the session began); then as the annotator leaves it.
 guidelines_panel(store, annotator, expanded=annotator_pace(store, annotator)["judgments"] == 0)
 
 if pair is None:
     round_id = state.get("round_id")
     st.success(f"Nothing left for you to label{'' if round_id is None else f' in round {round_id}'}. Thank you!")
-    with st.container(horizontal=True):
+    with bar.container(horizontal=True):
         st.button("Check again", icon=":material/refresh:", on_click=labeling.check_again)
         st.button("Undo last", key="undo", icon=":material/undo:", shortcut="U", on_click=labeling.undo,
                   args=(store, annotator))
@@ -46,11 +50,9 @@ else:
     pair_id = pair["id"]
     left = shown_left(pair_id, annotator.id)
     left_text, right_text = screen_texts(pair, left)
-    # The choice bar is drawn here, before the texts, so the rationale box is two Tab presses away; it is shown at the
-    # bottom of the window (render.py's CSS), so the buttons stay visible whatever the length of the texts.
-    bar = st.container(key="choice-bar")
     bar.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
                    placeholder="Rationale (optional): why? One line is plenty.")
+    tab_from_the_top(pair_id)
     with st.container(horizontal=True, vertical_alignment="center"):
         st.markdown(prompt_title(pair["messages"]), width="content")
         st.space("stretch")
