@@ -17,14 +17,17 @@ from labeler.session import account_sidebar, current_annotator, sign_in_page
 ADMIN_PAGES = [  # (file, title, icon)
     ("labeler/pages/data.py", "Data", ":material/database:"),
     ("labeler/pages/review.py", "Review", ":material/rule:"),
+    ("labeler/pages/browse.py", "Browse", ":material/search:"),
     ("labeler/pages/annotators.py", "Annotators", ":material/group:"),
     ("labeler/pages/dashboard.py", "Dashboard", ":material/monitoring:"),
 ]
 
 annotator = current_annotator()
-# Annotators have nothing in the sidebar but their name and "Sign out": keep the width for the two responses.
-st.set_page_config(page_title="prefloop", page_icon=":material/compare_arrows:", layout="wide",
-                   initial_sidebar_state="expanded" if annotator and annotator.is_admin else "collapsed")
+# Annotators have nothing in the sidebar but their name and "Sign out": keep the width for the two responses. Admins
+# get it open on a wide screen and closed on a phone ("auto"), where it would cover the page. The favicon is an emoji
+# (drawn locally): a ":material/..." icon would be fetched from fonts.gstatic.com by every visitor's browser.
+st.set_page_config(page_title="prefloop", page_icon="⚖️", layout="wide",
+                   initial_sidebar_state="auto" if annotator and annotator.is_admin else "collapsed")
 if annotator is None:
     # Every page's URL shows the sign-in form, and after signing in the same URL shows the page itself.
     page = st.navigation(

@@ -16,6 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from labeler.render import plain
 from store import Store
 from training.metrics import Estimate, describe_win_rate, label_quality
 
@@ -240,7 +241,7 @@ def training_runs_section(store: Store) -> None:
         )
     scalars = tensorboard_scalars(run["output_dir"]) if Path(run["output_dir"]).is_dir() else pd.DataFrame()
     if scalars.empty:
-        st.caption(f"No TensorBoard curves under {run['output_dir']}.")
+        st.caption(f"No TensorBoard curves under {plain(run['output_dir'])}.")
         return
     tags = sorted(scalars["tag"].unique())
     preferred = [t for t in tags if any(k in t for k in ("loss", "accurac", "reward", "kl"))] or tags

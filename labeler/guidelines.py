@@ -1,9 +1,14 @@
-"""The annotation guidelines: markdown kept in the store setting "guidelines", editable by admins on the Label page."""
+"""The annotation guidelines: markdown kept in the store setting "guidelines", editable by admins on the Label page.
+
+Admins type them, every annotator's browser shows them: they are rendered inert (`render.inert_markdown`), so no image
+is fetched and no link followed from them.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from labeler.render import inert_markdown
 from store import Annotator, Store
 
 SETTING = "guidelines"
@@ -27,8 +32,12 @@ Length is not quality: a short correct answer beats a long one with a mistake in
 - **Skip** — you cannot judge this one (e.g. it needs expertise you do not have). It goes to someone else.
 - **Undo last** — takes back your last judgment and shows that pair again.
 
-**Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength.
-Keys do nothing while you type in the rationale box: press `Tab` or click outside it first.
+**Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength;
+`V` shows the exact characters (raw text), `E` expands long texts. Keys do nothing while you type in the rationale box:
+press `Tab` or click outside it first.
+
+**The text is shown as the model wrote it**: its line breaks and indentation, `$` as a dollar (math only in a
+```` ```math ```` block), links as their text. A very long response shows its start; "Show all" below it shows the rest.
 
 Which model wrote which response is hidden, and the left/right order is shuffled: judge the text, not the position.
 """
@@ -40,11 +49,12 @@ def _load(_store: Store, db_path: str) -> str:
     return _store.get_setting(SETTING, DEFAULT_GUIDELINES)
 
 
-def guidelines_panel(store: Store, annotator: Annotator) -> None:
-    """A collapsed panel with the guidelines; admins get a text area to edit them."""
-    with st.expander("Guidelines", icon=":material/menu_book:"):
+def guidelines_panel(store: Store, annotator: Annotator, expanded: bool = False) -> None:
+    """A panel with the guidelines, collapsed unless `expanded` (an annotator's first visit); admins get a text area
+    to edit them."""
+    with st.expander("Guidelines", icon=":material/menu_book:", expanded=expanded):
         text = _load(store, str(store.path))
-        st.markdown(text)
+        st.markdown(inert_markdown(text))
         if annotator.is_admin:
             edited = st.text_area("Edit the guidelines (markdown; admins only)", value=text, height=300)
             if st.button("Save guidelines", icon=":material/save:") and edited != text:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import streamlit as st
 
+from labeler.render import focus_field, plain
 from store import Annotator, Store
 from store.store import utcnow
 
@@ -108,8 +109,8 @@ def _oidc_sign_in(store: Store, provider: str | None) -> None:
         _sign_in(annotator)
         st.rerun()
     st.error(
-        f"{email or 'This account'} signed in with the identity provider, but is not an enabled annotator here. "
-        f"An admin can add it with `prefloop annotators add {email or 'EMAIL'}`."
+        f"{plain(email or 'This account')} signed in with the identity provider, but is not an enabled annotator "
+        f"here. An admin can add it with `prefloop annotators add {(email or 'EMAIL').replace('`', '')}`."
     )
     st.button("Sign out of single sign-on", on_click=st.logout)
 
@@ -128,6 +129,7 @@ def sign_in_page() -> None:
         token = st.text_input("Sign-in token", type="password", help="The token an admin gave you (shown once when "
                               "your account was created; an admin can issue a new one).")
         submitted = st.form_submit_button("Sign in", type="primary")
+    focus_field("Sign-in token")
     if not submitted:
         return
     annotator = store.authenticate(token) if token.strip() else None
@@ -136,14 +138,14 @@ def sign_in_page() -> None:
         st.rerun()
     owner = store.annotator_for_token(token) if token.strip() else None
     if owner is not None and owner.disabled:
-        st.error(f"The account {owner.name!r} is disabled. Ask an admin to enable it.", icon=":material/block:")
+        st.error(f"The account '{plain(owner.name)}' is disabled. Ask an admin to enable it.", icon=":material/block:")
     else:
         st.error("That token is not valid. Check it, or ask an admin for a new one.", icon=":material/block:")
 
 
 def account_sidebar(annotator: Annotator) -> None:
     with st.sidebar:
-        st.caption(f"Signed in as **{annotator.name}** ({annotator.role})")
+        st.caption(f"Signed in as **{plain(annotator.name)}** ({annotator.role})")
         if st.button("Sign out", icon=":material/logout:"):
             sign_out()
             if st.user.get("is_logged_in", False):

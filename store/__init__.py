@@ -5,6 +5,7 @@
     store.add_prompts([PromptIn([{"role": "user", "content": "Hi"}], source="seed")])
 """
 
+from store.browse import AGREEMENTS, BrowseFilter, BrowseMixin
 from store.db import StoreBusy, StoreError
 from store.evaluation import EvaluationMixin
 from store.generation import Candidates, CandidatesSummary, GenerationMixin
@@ -15,14 +16,17 @@ from store.runs import RunsMixin
 from store.store import BaseStore, latest_version
 
 
-class Store(PromptsMixin, LabelsMixin, RunsMixin, GenerationMixin, ReviewMixin, EvaluationMixin, BaseStore):
+class Store(PromptsMixin, LabelsMixin, RunsMixin, GenerationMixin, ReviewMixin, EvaluationMixin, BrowseMixin,
+            BaseStore):
     """All entity operations over one database file; every method is one short transaction."""
 
 
 __all__ = [
+    "AGREEMENTS",
     "CHOICES",
     "AddSummary",
     "Annotator",
+    "BrowseFilter",
     "Candidates",
     "CandidatesSummary",
     "Judgment",

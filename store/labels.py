@@ -319,7 +319,8 @@ def _pair_with_texts(con: duckdb.DuckDBPyConnection, pair_id: int) -> dict | Non
             """
             SELECT p.id, p.round_id, p.prompt_id, p.strategy, p.overlap_target, p.status, p.gold_choice,
                    pr.messages, ra.id AS response_a_id, ra.text AS response_a, rb.id AS response_b_id,
-                   rb.text AS response_b
+                   rb.text AS response_b, ra.completion_tokens AS response_a_tokens,
+                   rb.completion_tokens AS response_b_tokens
             FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
             JOIN responses ra ON ra.id = p.response_a_id JOIN responses rb ON rb.id = p.response_b_id
             WHERE p.id = ?

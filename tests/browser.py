@@ -88,11 +88,11 @@ def new_page(browser):
     """A page in its own browser context (own cookies and session), with a dialog recorder; closed afterwards.
 
     `new_page(height=3000)` gives a tall viewport: Streamlit scrolls inside its own container, so a screenshot shows
-    only what the viewport holds."""
+    only what the viewport holds. `new_page(width=390, height=844)`: a phone's."""
     contexts = []
 
-    def make(height: int = 1000):
-        context = browser.new_context(viewport={"width": 1400, "height": height})
+    def make(height: int = 1000, width: int = 1400):
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(30_000)

@@ -459,3 +459,82 @@ def test_status_counts(store):
         ("alice", False, 2),
         ("bob", True, 1),
     ]
+
+
+# --- browsing (admin pages Browse and Review) ---------------------------------------------------------------------
+
+
+def _judge(s: Store, pair_id: int, annotator_id: int, choice: str, **fields) -> None:
+    """A judgment as the Label page makes it: on a leased pair."""
+    s.lease_pair(pair_id, annotator_id)
+    s.submit_judgment(Judgment(pair_id, annotator_id, choice, shown_left="a", **fields))
+
+
+def test_browse_filters_pairs_and_judgments(store):
+    from store import BrowseFilter
+
+    checkpoint = store.register_checkpoint("base", "m")
+    first, latest = store.new_round(checkpoint), store.new_round(checkpoint)
+    prompts = store.add_prompts([PromptIn(user(f"Question {i}: the capital of {c}?"), "test")
+                                 for i, c in enumerate(["France", "Peru", "Chad", "Laos"])]).ids
+    split = add_pair(store, prompts[0], ("Paris", "Lyon"), first, overlap_target=3)
+    agreed = add_pair(store, prompts[1], ("Lima", "Cusco"), latest, overlap_target=3)
+    single = add_pair(store, prompts[2], ("N'Djamena", "Moundou"), latest, overlap_target=3)
+    unjudged = add_pair(store, prompts[3], ("Vientiane", "Pakse"), latest, overlap_target=3)
+    imported = add_pair(store, prompts[3], ("Imported A", "Imported B"), None)
+    alice, bob = (store.add_annotator(name)[0] for name in ("alice", "bob"))
+    admin, _ = store.add_annotator("root", "admin")
+    _judge(store, split, alice.id, "a", rationale="Paris is the CAPITAL", seconds_spent=4.0)
+    _judge(store, split, bob.id, "b", seconds_spent=8.0)
+    _judge(store, agreed, alice.id, "a", seconds_spent=6.0)
+    _judge(store, agreed, bob.id, "a", rationale="both fine, a shorter", seconds_spent=2.0)
+    _judge(store, single, bob.id, "tie", seconds_spent=10.0)
+    store.adjudicate(split, admin.id, "a", "checked an atlas")
+
+    def pairs(**fields) -> list[int]:
+        rows, total = store.browse_pairs(BrowseFilter(**fields))
+        assert total == len(rows)
+        return sorted(r["pair_id"] for r in rows)
+
+    assert pairs() == sorted([split, agreed, single, unjudged, imported])
+    assert pairs(agreement="disagree") == [split] and pairs(agreement="agree") == [agreed]
+    assert pairs(agreement="single") == [single] and pairs(agreement="unjudged") == sorted([unjudged, imported])
+    assert pairs(round="latest") == sorted([agreed, single, unjudged]) and pairs(round=first) == [split]
+    assert pairs(round="imported") == [imported] and pairs(round=str(first)) == [split]
+    assert pairs(annotator="alice") == sorted([split, agreed]) and pairs(annotator="alice", choice="b") == []
+    assert pairs(choice="tie") == [single] and pairs(judged=True) == sorted([split, agreed, single])
+    assert pairs(adjudicated=True) == [split] and pairs(adjudicated=False, judged=True) == sorted([agreed, single])
+    # text: the prompt, either response, a rationale or the final label's note, case-insensitive
+    assert pairs(text="PERU") == [agreed] and pairs(text="moundou") == [single]
+    assert pairs(text="capital") == sorted([split, agreed, single, unjudged, imported])  # in every prompt
+    assert pairs(text="IS THE capital") == [split] == pairs(text="atlas")  # a rationale, a note
+    assert pairs(text="nowhere") == []
+
+    row = store.browse_pairs(BrowseFilter(agreement="disagree"))[0][0]
+    assert (row["judgments"], row["a"], row["b"], row["final_choice"]) == (2, 1, 1, "a")
+    assert row["annotators"] == "alice, bob" and row["prompt"] == "Question 0: the capital of France?"
+
+    rows, total = store.browse_judgments(BrowseFilter())
+    assert total == 5 and [r["pair_id"] for r in rows] == [single, agreed, agreed, split, split]  # newest first
+    rows, total = store.browse_judgments(BrowseFilter(annotator="bob", agreement="agree"))
+    assert total == 1 and rows[0]["rationale"] == "both fine, a shorter" and rows[0]["agreement"] == "agree"
+    rows, _ = store.browse_judgments(BrowseFilter(text="shorter"))  # this judgment's rationale, not its neighbour's
+    assert [(r["pair_id"], r["annotator"]) for r in rows] == [(agreed, "bob")]
+    page, total = store.browse_judgments(BrowseFilter(), limit=2, offset=2)
+    assert total == 5 and [r["pair_id"] for r in page] == [agreed, split]
+
+    with pytest.raises(StoreError, match="agreement must be one of"):
+        store.browse_pairs(BrowseFilter(agreement="sort of"))
+    with pytest.raises(StoreError, match="round must be"):
+        store.browse_judgments(BrowseFilter(round="yesterday"))
+
+
+def test_annotator_pace_is_the_median_of_recent_judgments(store):
+    prompts = store.add_prompts([PromptIn(user(f"Pace {i}"), "test") for i in range(5)]).ids
+    pair_ids = [add_pair(store, p, (f"a{p}", f"b{p}")) for p in prompts]
+    alice, _ = store.add_annotator("alice")
+    assert store.annotator_pace(alice.id) == {"judgments": 0, "median_seconds": None}
+    for pair_id, seconds in zip(pair_ids, [100.0, 100.0, 4.0, 6.0, 8.0]):
+        _judge(store, pair_id, alice.id, "a", seconds_spent=seconds)
+    assert store.annotator_pace(alice.id) == {"judgments": 5, "median_seconds": 8.0}
+    assert store.annotator_pace(alice.id, last=3) == {"judgments": 5, "median_seconds": 6.0}  # the slow start forgotten

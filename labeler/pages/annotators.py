@@ -3,6 +3,7 @@ issue new tokens, and see each one's counts and pace."""
 
 import streamlit as st
 
+from labeler.render import plain
 from labeler.session import get_store, local_day_start, require_admin
 from store import StoreError
 
@@ -17,7 +18,8 @@ def show_token_once() -> None:
     """The token of the account just created or reset; it is popped, so it is gone on the next run."""
     if issued := state.pop("issued_token", None):
         name, token = issued
-        st.success(f"Sign-in token for **{name}**. It is shown this once and stored only as a hash: copy it now.")
+        st.success(f"Sign-in token for **{plain(name)}**. It is shown this once and stored only as a hash: "
+                   "copy it now.")
         st.code(token, language=None)
 
 
@@ -29,7 +31,7 @@ with st.form("add-annotator", clear_on_submit=True):
         try:
             created, token = store.add_annotator(name, role)
         except StoreError as exc:
-            st.error(str(exc))
+            st.error(plain(str(exc)))
         else:
             state["issued_token"] = (created.name, token)
 show_token_once()

@@ -1,10 +1,14 @@
-"""Data (admins): rounds and counts, importing a file of prompts or labeled pairs, and exporting a dataset."""
+"""Data (admins): rounds and counts, importing a file of prompts or labeled pairs, and exporting a dataset (written
+next to the database, downloaded as a zip: `labeler/exporting.py`)."""
 
+import functools
 import tempfile
 from pathlib import Path
 
 import streamlit as st
 
+from labeler.exporting import ROW_SPLITS, export_dataset, exports_dir, summary, zip_folder
+from labeler.render import plain
 from labeler.session import get_store, require_admin
 from store import StoreError
 
@@ -43,33 +47,44 @@ elif do_import:
         path = Path(folder) / Path(upload.name).name  # the importer names the file in its errors: keep its name
         path.write_bytes(upload.getvalue())
         try:
-            summary = import_file(store, path, kind=kind, source=source.strip() or None)
+            imported = import_file(store, path, kind=kind, source=source.strip() or None)
         except (StoreError, ValueError) as exc:
-            st.error(f"Nothing imported. {str(exc).replace(folder + '/', '')}")  # name the upload, not the temp file
+            # Name the upload, not the temporary file.
+            st.error(f"Nothing imported. {plain(str(exc).replace(folder + '/', ''))}")
         else:
-            st.success(f"{upload.name}: imported {summary.inserted} {summary.kind}, "
-                       f"skipped {summary.duplicates} duplicates.")
+            st.success(f"{plain(upload.name)}: imported {imported.inserted} {imported.kind}, "
+                       f"skipped {imported.duplicates} duplicates.")
 
 st.subheader("Export")
-exports = store.list_exports()
-if exports:
-    st.dataframe([{**{k: e[k] for k in ("id", "name", "round_id", "created_at", "path")},
-                   "rows": ", ".join(f"{split} {n}" for split, n in e["counts"].items() if isinstance(n, int))}
-                  for e in exports], hide_index=True)
+st.caption(f"A Hugging Face DatasetDict plus Parquet files and a dataset card, written under "
+           f"{plain(str(exports_dir(store)))} (next to the database) and downloadable here as a zip.")
 with st.form("export"):
     scope = st.selectbox("Scope", ["latest", "all"] + [str(r["round"]) for r in status["rounds"]],
                          help="latest: the newest round; all: every round and the imported pairs")
     name = st.text_input("Name", placeholder="default: round-<n>-<UTC time> or all-<UTC time>")
     both_bad = st.selectbox("Both-bad pairs", ["drop", "negatives"], help="negatives: keep both responses as "
                             "unpaired negatives for KTO-style training")
-    do_export = st.form_submit_button("Export", icon=":material/download:")
+    do_export = st.form_submit_button("Export", icon=":material/save:")
 if do_export:
-    from training.export import ExportConfig, export
-
     try:
         with st.spinner("Exporting…"):
-            result = export(store, ExportConfig(name=name.strip() or None, round=scope, both_bad=both_bad))
+            result = export_dataset(store, scope, name.strip() or None, both_bad)
     except (StoreError, ValueError) as exc:
-        st.error(f"Nothing exported. {exc}")
+        st.error(f"Nothing exported. {plain(str(exc))}")
     else:
-        st.success(f"Exported {result['name']} to {result['path']}: {result['counts']}")
+        st.success(f"Exported **{plain(result['name'])}**: {summary(result['counts'])}")
+
+exports = list(reversed(store.list_exports()))  # newest first
+if exports:
+    st.dataframe([{"name": e["name"], "round": e["round_id"], "created_at": e["created_at"],
+                   "rows": ", ".join(f"{s} {e['counts'][s]}" for s in ROW_SPLITS if s in e["counts"]),
+                   "on disk": Path(e["path"]).is_dir(), "path": e["path"]} for e in exports], hide_index=True)
+downloadable = [e for e in exports if Path(e["path"]).is_dir()]
+if downloadable:
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        chosen = st.selectbox("Export to download", range(len(downloadable)),
+                              format_func=lambda i: downloadable[i]["name"])
+        st.download_button("Download zip", data=functools.partial(zip_folder, Path(downloadable[chosen]["path"])),
+                           file_name=f"{downloadable[chosen]['name']}.zip", mime="application/zip", on_click="ignore",
+                           icon=":material/download:", type="primary")
+    st.caption(summary(downloadable[chosen]["counts"]))

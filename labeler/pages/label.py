@@ -1,33 +1,48 @@
 """Label: the prompt, two responses side by side, and one button (with its key) per choice.
 
 Choices are made about what is on screen ("A" is the left response) and stored in terms of the pair's stored a/b;
-the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`.
+the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`; how texts are shown,
+and the layout CSS (the choice bar sticks to the bottom of the window), in `labeler/render.py`.
 """
 
 import streamlit as st
 
 from labeler import labeling
 from labeler.guidelines import guidelines_panel
-from labeler.render import conversation, responses_side_by_side, screen_texts, shown_left
+from labeler.pace import PACE_REFRESH_SECONDS, annotator_pace, pace_text
+from labeler.render import (
+    conversation,
+    page_style,
+    prompt_title,
+    responses_side_by_side,
+    screen_texts,
+    screen_tokens,
+    shown_left,
+    tab_from_the_top,
+    view_controls,
+)
 from labeler.session import current_annotator, get_store, local_day_start
-
-RESPONSE_HEIGHT = 420  # pixels; both responses scroll inside boxes of this height
 
 store = get_store()
 annotator = current_annotator()
 state = st.session_state
+page_style()
 
 progress_slot = st.empty()  # filled last, so the pair is on screen before the progress query runs
 pair = labeling.current_pair(store, annotator)
 if notice := state.pop("notice", None):
     kind, message = notice
     (st.error if kind == "error" else st.toast)(message)
-guidelines_panel(store, annotator)
+# The choice bar is drawn first, so Tab reaches the rationale box at once, and shown at the bottom of the window
+# (render.py's CSS), so its buttons stay visible whatever the length of the texts.
+bar = st.container(key="choice-bar")
+# Open on an annotator's first visit (no judgment when the session began); then as the annotator leaves it.
+guidelines_panel(store, annotator, expanded=annotator_pace(store, annotator)["judgments"] == 0)
 
 if pair is None:
     round_id = state.get("round_id")
     st.success(f"Nothing left for you to label{'' if round_id is None else f' in round {round_id}'}. Thank you!")
-    with st.container(horizontal=True):
+    with bar.container(horizontal=True):
         st.button("Check again", icon=":material/refresh:", on_click=labeling.check_again)
         st.button("Undo last", key="undo", icon=":material/undo:", shortcut="U", on_click=labeling.undo,
                   args=(store, annotator))
@@ -35,13 +50,19 @@ else:
     pair_id = pair["id"]
     left = shown_left(pair_id, annotator.id)
     left_text, right_text = screen_texts(pair, left)
-    raw = st.toggle("Show raw text", key="raw_text", help="Show the exact characters instead of rendered markdown.")
-    st.markdown("**Prompt**")
-    conversation(pair["messages"], raw)
-    responses_side_by_side("Response A", left_text, "Response B", right_text, RESPONSE_HEIGHT, raw)
+    bar.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
+                   placeholder="Rationale (optional): why? One line is plenty.")
+    tab_from_the_top(pair_id)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(prompt_title(pair["messages"]), width="content")
+        st.space("stretch")
+        raw, expanded = view_controls()
+    conversation(pair["messages"], raw, key=f"prompt-{pair_id}", expanded=expanded)
+    responses_side_by_side("Response A", left_text, "Response B", right_text, raw, key=f"pair-{pair_id}",
+                           expanded=expanded, tokens=screen_tokens(pair, left))
 
     strength = state.get("strength")
-    with st.container(horizontal=True, vertical_alignment="center"):
+    with bar.container(horizontal=True, vertical_alignment="center"):
         for label, choice, key in (("A better", "A", "A"), ("B better", "B", "B"), ("Tie", "tie", "T"),
                                    ("Both bad", "both_bad", "X")):
             st.button(label, key=f"choice-{choice}-{pair_id}", shortcut=key,
@@ -58,14 +79,14 @@ else:
                   on_click=labeling.skip, args=(store, annotator, pair_id))
         st.button("Undo last", key="undo", shortcut="U", icon=":material/undo:",
                   on_click=labeling.undo, args=(store, annotator))
-    st.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
-                  placeholder="Rationale (optional): why? One line is plenty.")
     st.caption(f"Pair {pair_id}")
 
 counts = labeling.progress(store, annotator, local_day_start())
+pace = annotator_pace(store, annotator, max_age=PACE_REFRESH_SECONDS)
 round_text = "all rounds" if state.get("round_id") is None else f"round {state['round_id']}"
 remaining = f"{counts['left']} judgment{'' if counts['left'] == 1 else 's'} left in {round_text}"
 progress_slot.progress(
     counts["done"] / counts["needed"] if counts["needed"] else 1.0,
-    text=f"You judged {counts['judged_since']} today · {remaining} ({counts['done']} of {counts['needed']} done)",
+    text=" · ".join(filter(None, (f"You judged {counts['judged_since']} today", f"{remaining} ({counts['done']} of "
+                                  f"{counts['needed']} done)", pace_text(pace, counts["left"])))),
 )
