@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from training.distributed import (
     is_main_process,
     relaunch,
     split_batch,
-    start_worker,
+    worker_process_group,
     world_size,
 )
 from training.distributed import (
@@ -369,9 +370,8 @@ def run_training_command(train, config_class, args) -> int:
     split_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, config.gpus)  # fail early
     if config.gpus > 1 and world_size() == 1:
         return relaunch(config.gpus, config.distributed, args.argv)
-    if world_size() > 1:
-        start_worker()
-    train(open_store(args), config, resume=args.resume, overwrite=args.overwrite)
+    with worker_process_group() if world_size() > 1 else nullcontext():
+        train(open_store(args), config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
