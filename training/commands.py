@@ -60,12 +60,13 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from store.importers import import_file
+    from store.importers import import_file, printable
 
     summary = import_file(
         open_store(args), args.path, kind=args.kind, source=args.source, skip_invalid=args.skip_invalid
     )
-    print(f"{args.path}: imported {summary.inserted} {summary.kind}, skipped {summary.duplicates} duplicates")
+    name = printable(str(args.path))
+    print(f"{name}: imported {summary.inserted} {summary.kind}, skipped {summary.duplicates} duplicates")
     if summary.invalid:
         print(f"left out {len(summary.invalid)} invalid records:")
         for problem in summary.invalid:
