@@ -10,6 +10,9 @@
 #   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
 #   ppo       a reward model on simulated labels, then train-ppo against it (reward and KL curves)
 #   ppo-eval  eval of the base and PPO checkpoints on held-out prompts (reward-model score, KL, length)
+#   rloo      attention backward check (bench/attention_nan_check.py), then as ppo from nothing and train-rloo with its
+#             defaults for 100 steps: rloo-history.json (every step's reward-model score, KL, length, loss, grad
+#             norm; copied every 10 s, so a run cut by the call limit still returns it), rloo.log, rloo-metrics.json
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +33,7 @@ timed() {
   echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b}" in
+case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b}" in
   loop)
     $cli model
     timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.judges:shorter --pairs-per-round 128 \
@@ -58,6 +61,31 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b}" in
     timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 30 --learning-rate 1e-4 \
       --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
     cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
+    ;;
+  rloo)
+    # First the attention backward on RLOO's step-4 batch shape, default SDPA backends vs training's (seconds); then
+    # the reward model as in `ppo` (160 base-model pairs labeled by the `shorter` judge, 2 epochs) and RLOO with
+    # train-rloo's defaults (bf16, lr 3e-5, 16 completions a step, 4 per prompt, 128 new tokens, beta 0.05).
+    python3 bench/attention_nan_check.py 2>&1 | tee "$out/attention-nan-check.txt"
+    export PREFLOOP_DB=/root/work/rloo.duckdb
+    $cli model
+    $cli import store/seeds/prompts.jsonl --kind prompts --source seed
+    $cli round new --if-none
+    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
+    $cli label-sim --judge training.judges:shorter
+    $cli export --name rloo-labels
+    timed rm $cli train-rm --output-dir /root/work/ck/rloo-rm --num-train-epochs 2
+    run_dir=/root/work/ck/rloo
+    (while sleep 10; do cp "$run_dir/history.json" "$out/rloo-history.json" 2>/dev/null || true; done) &
+    copier=$!
+    status=0 t0=$SECONDS
+    $cli train-rloo --output-dir $run_dir --max-steps 100 --save-steps 1000 --report-to none 2>&1 \
+      | tee "$out/rloo.log" || status=$?
+    echo "rloo: wall $((SECONDS - t0)) s, exit $status" | tee -a "$out/rloo.log"
+    kill $copier
+    cp "$run_dir/history.json" "$out/rloo-history.json"
+    cp "$run_dir/metrics.json" "$out/rloo-metrics.json" 2>/dev/null || true
+    exit $status
     ;;
   ppo-eval)
     export PREFLOOP_DB=/root/work/ppo.duckdb
