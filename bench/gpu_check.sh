@@ -32,6 +32,17 @@ timed() {
   "$@" 2>&1 | tee "$out/$name.log"
   echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
+# From nothing into $PREFLOOP_DB: the base model samples 160 train prompts twice, the `shorter` judge labels the
+# pairs, and a reward model (2 epochs) learns the labels into the folder $1.
+simulated_reward_model() {
+  $cli model
+  $cli import store/seeds/prompts.jsonl --kind prompts --source seed
+  $cli round new --if-none
+  timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
+  $cli label-sim --judge training.judges:shorter
+  $cli export --name simulated-labels
+  timed rm $cli train-rm --output-dir "$1" --num-train-epochs 2
+}
 
 case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b}" in
   loop)
@@ -51,13 +62,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b}" in
     # From nothing: the base model samples 160 train prompts twice, the `shorter` judge labels the pairs, a reward
     # model learns those labels, PPO raises its score; `eval` then scores base and PPO samples on held-out prompts.
     export PREFLOOP_DB=/root/work/ppo.duckdb
-    $cli model
-    $cli import store/seeds/prompts.jsonl --kind prompts --source seed
-    $cli round new --if-none
-    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
-    $cli label-sim --judge training.judges:shorter
-    $cli export --name ppo-labels
-    timed rm $cli train-rm --output-dir /root/work/ck/rm --num-train-epochs 2
+    simulated_reward_model /root/work/ck/rm
     timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 30 --learning-rate 1e-4 \
       --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
     cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
@@ -68,13 +73,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b}" in
     # train-rloo's defaults (bf16, lr 3e-5, 16 completions a step, 4 per prompt, 128 new tokens, beta 0.05).
     python3 bench/attention_nan_check.py 2>&1 | tee "$out/attention-nan-check.txt"
     export PREFLOOP_DB=/root/work/rloo.duckdb
-    $cli model
-    $cli import store/seeds/prompts.jsonl --kind prompts --source seed
-    $cli round new --if-none
-    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
-    $cli label-sim --judge training.judges:shorter
-    $cli export --name rloo-labels
-    timed rm $cli train-rm --output-dir /root/work/ck/rloo-rm --num-train-epochs 2
+    simulated_reward_model /root/work/ck/rloo-rm
     run_dir=/root/work/ck/rloo
     (while sleep 10; do cp "$run_dir/history.json" "$out/rloo-history.json" 2>/dev/null || true; done) &
     copier=$!

@@ -46,14 +46,15 @@ def table(history: list[dict], keys: list[str] | None = None, x: str = "update",
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("history", type=Path, help="history.json of a train-ppo run")
+def main(doc: str = __doc__, panels=PANELS, x: str = "update", xlabel: str = "PPO update", keys=None) -> None:
+    """The command line: a run's history.json and the figure to write; the table goes to stdout."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("history", type=Path, help="the run's history.json")
     parser.add_argument("png", type=Path, help="where to write the figure")
     args = parser.parse_args()
     history = json.loads(args.history.read_text())
-    plot(history, args.png)
-    print(table(history))
+    plot(history, args.png, panels, x, xlabel)
+    print(table(history, keys, x))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,11 @@ Prints a markdown table of every tenth step (and the last) for docs/benchmarks.m
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.ppo_curves import plot, table  # noqa: E402
+from bench.ppo_curves import main  # noqa: E402
 
 PANELS = [
     ("reward_model_score", "reward-model score (mean per step)"),
@@ -24,15 +22,5 @@ PANELS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("history", type=Path, help="history.json of a train-rloo run")
-    parser.add_argument("png", type=Path, help="where to write the figure")
-    args = parser.parse_args()
-    history = json.loads(args.history.read_text())
-    plot(history, args.png, PANELS, x="step", xlabel="RLOO step")
-    print(table(history, [key for key, _ in PANELS] + ["reward", "entropy", "grad_norm"], x="step"))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, PANELS, "step", "RLOO step", [key for key, _ in PANELS] + ["reward", "entropy", "grad_norm"])
