@@ -2,16 +2,22 @@
 SDPA backends and with training's (`training_attention` in training/common.py: cuDNN attention off)?
 
     python bench/attention_nan_check.py          # on a CUDA GPU: torch and cuDNN versions, then both counts
+    python bench/attention_nan_check.py --steps 12 --db data/prefloop.duckdb   # which RLOO steps have that shape
 
 The batch has RLOO's 4th-step shape (default config, seed 0): 16 sequences, prompts left-padded to 64 tokens,
 128-token completions, 192 tokens in all (64 mod 128), in bf16, through a random 2-layer Llama with 64-wide heads
 (SmolLM2-135M's width). pytorch#196678: on H100/H200 with torch >= 2.11, cuDNN's attention backward returns NaN
 query gradients for an explicit mask, a length of 64 mod 128 and a query row whose logsumexp is below -88.7, which
 a left-pad row (it attends to nothing) always is. The loss stays finite; the gradient norm is NaN.
+
+With --steps N (any machine) it lists the first N steps of `train-rloo` with its defaults on a database: each step's
+prompts in the order TRL's sampler draws them (seed 0), their lengths after the chat template, and the batch length
+once a completion reaches max_new_tokens (128), marking those of 64 mod 128.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -47,7 +53,39 @@ def nonfinite_gradients(training: bool, device: str = "cuda") -> int:
     return sum(int((~torch.isfinite(p.grad)).sum()) for p in model.parameters() if p.grad is not None)
 
 
+def step_lengths(db: str, steps: int) -> None:
+    """Print the first `steps` RLOO steps' prompt lengths and padded batch length (train-rloo's defaults)."""
+    from trl.trainer.utils import RepeatSampler
+
+    from store import Store
+    from training.models import checkpoint_tokenizer, default_model, resolve_model
+    from training.ppo import train_prompts
+    from training.rloo import RLOOTrainConfig
+
+    config = RLOOTrainConfig()
+    tokenizer = checkpoint_tokenizer(resolve_model(default_model()), None)
+    prompts = train_prompts(Store(db), tokenizer, config.max_length - config.max_new_tokens)
+    per_step = config.per_device_train_batch_size // config.num_generations
+    order = list(RepeatSampler(prompts, mini_repeat_count=1, batch_size=per_step, shuffle=True, seed=config.seed))
+    for step in range(min(steps, len(order) // per_step)):
+        chosen = order[step * per_step : (step + 1) * per_step]
+        lengths = [  # as TRL tokenizes prompts
+            len(tokenizer.apply_chat_template(prompts[i], add_generation_prompt=True, return_dict=True)["input_ids"])
+            for i in chosen
+        ]
+        length = max(lengths) + config.max_new_tokens
+        flag = "  <- 64 mod 128" if length % 128 == 64 else ""
+        print(f"step {step + 1}: prompt lengths {lengths}, batch length {length}{flag}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=0, help="list this many RLOO steps' batch lengths instead")
+    parser.add_argument("--db", default="data/prefloop.duckdb", help="database whose train prompts RLOO would use")
+    args = parser.parse_args()
+    if args.steps:
+        step_lengths(args.db, args.steps)
+        return
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
     print(f"batch: {SEQUENCES} x {PROMPT_TOKENS + COMPLETION_TOKENS} tokens, left-padded, bf16")
     print(f"default SDPA backends: {nonfinite_gradients(training=False)} non-finite gradient elements")
