@@ -11,7 +11,7 @@ TORCH_CPU_VERSION := 2.13.0
 export MODEL
 export PREFLOOP_DB := $(DB)
 
-.PHONY: help setup model seed run label test lint generate export round train-sft train-rm train-dpo train-ppo \
+.PHONY: help setup model seed run label test chromium lint generate export round train-sft train-rm train-dpo train-ppo \
         train-rloo merge eval loop-sim status bench clean
 
 help:
@@ -102,8 +102,13 @@ run: setup model seed
 label: setup
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true
 
-test: setup
+# Chromium for the browser tests first: installed where root and apt-get can, else `make test` stops and says how;
+# PREFLOOP_SKIP_BROWSER_TESTS=1 runs the rest, and the test summary says the browser tests were skipped by it.
+test: chromium setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+chromium:
+	@bash tests/install_chromium.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

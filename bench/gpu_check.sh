@@ -10,6 +10,9 @@
 #   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
 #   ppo       a reward model on simulated labels, then train-ppo against it (reward and KL curves)
 #   ppo-eval  eval of the base and PPO checkpoints on held-out prompts (reward-model score, KL, length)
+#   rloo      attention backward check (bench/attention_nan_check.py), then as ppo from nothing and train-rloo with its
+#             defaults for 100 steps: rloo-history.json (every step's reward-model score, KL, length, loss, grad
+#             norm; copied every 10 s, so a run cut by the call limit still returns it), rloo.log, rloo-metrics.json
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 #   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once
 #   loop-smoke  one short loop-sim round on the GPU: every stage's code path (static decoder, DPO, eval), timed
@@ -31,8 +34,19 @@ timed() {
   "$@" 2>&1 | tee "$out/$name.log"
   echo "$name: wall $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
+# From nothing into $PREFLOOP_DB: the base model samples 160 train prompts twice, the `shorter` judge labels the
+# pairs, and a reward model (2 epochs) learns the labels into the folder $1.
+simulated_reward_model() {
+  $cli model
+  $cli import store/seeds/prompts.jsonl --kind prompts --source seed
+  $cli round new --if-none
+  timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
+  $cli label-sim --judge training.judges:shorter
+  $cli export --name simulated-labels
+  timed rm $cli train-rm --output-dir "$1" --num-train-epochs 2
+}
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b | loop-sweep | loop-smoke}" in
+case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep | loop-smoke}" in
   loop-smoke)
     $cli model
     export PREFLOOP_DB=/root/work/smoke.duckdb
@@ -66,16 +80,29 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | dpo7b | loop-sweep | loop-s
     # From nothing: the base model samples 160 train prompts twice, the `shorter` judge labels the pairs, a reward
     # model learns those labels, PPO raises its score; `eval` then scores base and PPO samples on held-out prompts.
     export PREFLOOP_DB=/root/work/ppo.duckdb
-    $cli model
-    $cli import store/seeds/prompts.jsonl --kind prompts --source seed
-    $cli round new --if-none
-    timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
-    $cli label-sim --judge training.judges:shorter
-    $cli export --name ppo-labels
-    timed rm $cli train-rm --output-dir /root/work/ck/rm --num-train-epochs 2
+    simulated_reward_model /root/work/ck/rm
     timed ppo $cli train-ppo --output-dir /root/work/ck/ppo --num-updates 30 --learning-rate 1e-4 \
       --max-new-tokens 96 --rollout-batch-size 64 --minibatch-size 16
     cp /root/work/ck/ppo/history.json "$out/ppo-history.json"
+    ;;
+  rloo)
+    # First the attention backward on RLOO's step-4 batch shape, default SDPA backends vs training's (seconds); then
+    # the reward model as in `ppo` (160 base-model pairs labeled by the `shorter` judge, 2 epochs) and RLOO with
+    # train-rloo's defaults (bf16, lr 3e-5, 16 completions a step, 4 per prompt, 128 new tokens, beta 0.05).
+    python3 bench/attention_nan_check.py 2>&1 | tee "$out/attention-nan-check.txt"
+    export PREFLOOP_DB=/root/work/rloo.duckdb
+    simulated_reward_model /root/work/ck/rloo-rm
+    run_dir=/root/work/ck/rloo
+    (while sleep 10; do cp "$run_dir/history.json" "$out/rloo-history.json" 2>/dev/null || true; done) &
+    copier=$!
+    status=0 t0=$SECONDS
+    $cli train-rloo --output-dir $run_dir --max-steps 100 --save-steps 1000 --report-to none 2>&1 \
+      | tee "$out/rloo.log" || status=$?
+    echo "rloo: wall $((SECONDS - t0)) s, exit $status" | tee -a "$out/rloo.log"
+    kill $copier
+    cp "$run_dir/history.json" "$out/rloo-history.json"
+    cp "$run_dir/metrics.json" "$out/rloo-metrics.json" 2>/dev/null || true
+    exit $status
     ;;
   ppo-eval)
     export PREFLOOP_DB=/root/work/ppo.duckdb

@@ -9,7 +9,10 @@ Run from the repository root (prints markdown tables for docs/benchmarks.md):
 
 Writers: N processes, one annotator each, submit judgments as fast as they can for `--writer-seconds`. Every submit is
 one gated transaction (store/db.py), so this measures the cost of taking the gate and opening the file per unit of
-work, and how fairly the gate is shared (fewest and most submits of one process).
+work, and how fairly the gate is shared (fewest and most submits of one process). A second table splits each submit
+into its phases (`Phases`: waiting in the queue, waiting for the lock, ATTACH, the statements, COMMIT, which
+checkpoints into the file, and DETACH), timed by wrapping the gate and the attach in the writer processes; the store's
+code is not changed.
 
 Soak: UI-like labelers (next_pair, a short think, submit_judgment), an exporter (export_rows: every judged pair joined
 with its prompt and responses, plus status) and a bulk inserter (prompts, then candidate responses and pairs in
@@ -27,11 +30,14 @@ import tempfile
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import store.store as store_module
 from store import Judgment, PromptIn, ResponseIn, Store, StoreBusy
+from store.db import Gate
 from store.generation import Candidates
 from training.config import add_arguments, from_args, opt
 
@@ -107,15 +113,81 @@ def wait_until(t: float) -> None:
     time.sleep(max(0.0, t - time.time()))
 
 
+class Phases:
+    """Where each unit of work of this process spends its time, in seconds per phase: waiting in the queue
+    (`<db>.queue`), waiting for the lock (`<db>.lock`), ATTACH, the statements (BEGIN and the unit's own queries),
+    COMMIT (with checkpoint_threshold 0 it writes the changed blocks into the file and syncs it) and DETACH.
+
+    `install()` wraps `Gate._take` and the `attached` that Store.transaction uses, in this process only; `finish()`
+    closes the record of one call (the rest of its time is `other`: validation, Python, the process's own scheduling).
+    """
+
+    NAMES = ("queue", "lock", "attach", "statements", "commit", "detach", "other")
+
+    def __init__(self):
+        self.current: dict[str, float] = {}
+        self.records: list[dict[str, float]] = []
+
+    def install(self) -> None:
+        take, attached = Gate._take, store_module.attached
+        phases = self
+
+        def timed_take(gate, fd, *args):
+            start = time.perf_counter()
+            take(gate, fd, *args)  # the gate takes the queue file first, then the lock file
+            phases.current["lock" if "queue" in phases.current else "queue"] = time.perf_counter() - start
+
+        @contextmanager
+        def timed_attached(*args):
+            start = time.perf_counter()
+            with attached(*args) as con:
+                phases.current["attach"] = time.perf_counter() - start
+                yield _TimedConnection(con, phases, time.perf_counter())
+                detach_start = time.perf_counter()
+            phases.current["detach"] = time.perf_counter() - detach_start
+
+        Gate._take, store_module.attached = timed_take, timed_attached
+
+    def finish(self, total: float) -> None:
+        record = {name: self.current.get(name, 0.0) for name in self.NAMES[:-1]}
+        record["other"] = total - sum(record.values())
+        self.records.append(record)
+        self.current = {}
+
+
+class _TimedConnection:
+    """A DuckDB connection that times the statements before COMMIT, and COMMIT itself, into `Phases`."""
+
+    def __init__(self, con, phases: Phases, attached_at: float):
+        self._con, self._phases, self._attached_at = con, phases, attached_at
+
+    def execute(self, query, *args):
+        if query != "COMMIT":
+            return self._con.execute(query, *args)
+        start = time.perf_counter()
+        self._phases.current["statements"] = start - self._attached_at
+        result = self._con.execute(query, *args)
+        self._phases.current["commit"] = time.perf_counter() - start
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
 def writer(path, lock_timeout, annotator_id, pair_ids, start_at, seconds, results):
     store = Store(path, lock_timeout, migrate=False)
-    tally = Tally("writer")
+    tally, phases = Tally("writer"), Phases()
+    phases.install()
     wait_until(start_at)
     i = 0
     while time.time() < start_at + seconds:
-        tally.timed("submit", store.submit_judgment, Judgment(pair_ids[i % len(pair_ids)], annotator_id, "a"))
+        phases.current = {}
+        start = time.perf_counter()
+        judgment = Judgment(pair_ids[i % len(pair_ids)], annotator_id, "a")
+        if tally.timed("submit", store.submit_judgment, judgment) is not None:
+            phases.finish(time.perf_counter() - start)
         i += 1
-    results.put(tally.__dict__)
+    results.put(tally.__dict__ | {"phases": phases.records})
 
 
 def labeler(path, lock_timeout, annotator_id, think_seconds, start_at, seconds, results):
@@ -187,13 +259,18 @@ def latency_cells(values: list[float]) -> str:
 
 
 def bench_writers(config: BenchConfig, path: Path, pair_ids: list[int]) -> None:
-    """Print one table row per writer level as soon as it is measured."""
+    """Print one table row per writer level as soon as it is measured, then where the time of a submit went."""
     store = Store(path, config.lock_timeout, migrate=False)
     print(
         "| writer processes | submits/s | p50 ms | p95 ms | p99 ms | max ms | submits per process (min-max) "
         "| StoreBusy | other errors | load average |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         flush=True,
     )
+    breakdown = [
+        "| writer processes | " + " | ".join(f"{name} p50 / p95 ms" for name in Phases.NAMES)
+        + " | in the gate: mean ms | waiting: share of the total |",
+        "|---:" * (len(Phases.NAMES) + 3) + "|",
+    ]
     for n in config.writers:
         annotators = [store.ensure_annotator(f"bench-writer-{n}-{i}", "simulated").id for i in range(n)]
         start_at = time.time() + 3 + 0.5 * n  # spawned children need a moment to import duckdb and pyarrow
@@ -211,6 +288,21 @@ def bench_writers(config: BenchConfig, path: Path, pair_ids: list[int]) -> None:
         for d in done:
             if d["first_error"]:
                 print(d["first_error"], flush=True)
+        breakdown.append(phase_row(n, [record for d in done for record in d["phases"]]))
+    print("\nWhere the time of a submit goes (each phase's p50 / p95 over all submits of the level):\n", flush=True)
+    print("\n".join(breakdown), flush=True)
+
+
+def phase_row(n: int, records: list[dict[str, float]]) -> str:
+    """One breakdown row: each phase's p50 / p95, the mean time holding the gate (attach to detach), and the share of
+    all submit time spent waiting for it (queue and lock)."""
+    cells = []
+    for name in Phases.NAMES:
+        values = [r[name] for r in records]
+        cells.append(f"{percentile_ms(values, 0.5):.1f} / {percentile_ms(values, 0.95):.1f}")
+    held = [sum(r[name] for name in ("attach", "statements", "commit", "detach")) for r in records]
+    waiting = sum(r["queue"] + r["lock"] for r in records) / max(sum(sum(r.values()) for r in records), 1e-9)
+    return f"| {n} | " + " | ".join(cells) + f" | {1000 * sum(held) / max(len(held), 1):.1f} | {waiting:.0%} |"
 
 
 def soak(config: BenchConfig, path: Path, round_id: int) -> list[str]:

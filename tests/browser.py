@@ -6,7 +6,9 @@ A browser test module loads these fixtures with
     pytestmark = pytest.mark.browser
 
 and gets one server per module (it takes seconds to start) on a free port with its own temporary database, one
-chromium per module, and a fresh browser context per page. Needs /usr/bin/chromium (.ci/run installs it).
+chromium per module, and a fresh browser context per page. Needs Debian's chromium on PATH (`make test` installs it
+where it can, tests/install_chromium.sh); without it the browser tests fail, unless PREFLOOP_SKIP_BROWSER_TESTS=1 skips
+them (the summary then names the variable).
 
 PYTEST_DONT_REWRITE: test modules import the helpers below before pytest loads this module as a plugin, which would
 otherwise warn that it is too late to rewrite its asserts (it has none).
@@ -15,6 +17,7 @@ otherwise warn that it is too late to rewrite its asserts (it has none).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +29,8 @@ import pytest
 
 from store import Store
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium")
+SKIP_BROWSER_TESTS = "PREFLOOP_SKIP_BROWSER_TESTS"  # set to 1: skip the browser tests (e.g. no chromium here)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).resolve().parent.parent
@@ -42,8 +46,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`streamlit run streamlit_app.py` on a free port and a fresh database; yields (base URL, Store)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    need_chromium()
     folder = tmp_path_factory.mktemp("browser")
     db = folder / "ui.duckdb"
     store = Store(db)
@@ -73,8 +76,18 @@ def server(tmp_path_factory):
     log.close()
 
 
+def need_chromium() -> None:
+    """Skip when the user opted out, fail when chromium is missing: a green run must not hide the browser tests."""
+    if os.environ.get(SKIP_BROWSER_TESTS, "0") != "0":
+        pytest.skip(f"browser tests skipped by {SKIP_BROWSER_TESTS}={os.environ[SKIP_BROWSER_TESTS]}")
+    if CHROMIUM is None:
+        pytest.fail(f"chromium is not on PATH: `make test` installs it (as root, with apt-get), or apt-get install "
+                    f"chromium; {SKIP_BROWSER_TESTS}=1 skips the browser tests", pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def browser():
+    need_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

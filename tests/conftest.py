@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 from store import Store
-from tests.tiny_model import build_stopping_model, build_tiny_model
+from tests.tiny_model import build_chat_model, build_stopping_model, build_tiny_model
 
 
 @pytest.fixture
@@ -35,3 +35,9 @@ def tiny_model_dir(tmp_path_factory):
 def stopping_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model biased towards its end-of-turn token: responses of many lengths, some cut at the limit."""
     return build_stopping_model(tiny_model_dir, tmp_path_factory.mktemp("stopping-model"))
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model fine-tuned to answer in 1 to 16 words and end its turn (a learned end-of-turn token)."""
+    return build_chat_model(tiny_model_dir, tmp_path_factory.mktemp("chat-model"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -550,6 +551,136 @@ def test_missing_file_and_directory(seeded_store, tmp_path):
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(ImportFileError, match="not a file"):
         import_file(seeded_store, tmp_path / "dir.jsonl")
+
+
+
+# --- judgement calls: what counts as empty, repeated keys and columns, and how files are named ---------------------
+
+# Texts with only whitespace or invisible format characters (Unicode categories Z* and Cf) say nothing.
+BLANK_TEXTS = ["\u200b", "\u00a0\u2003", "\ufeff", " \u2060\u200d ", "\u2028", "\u180e"]
+
+
+@pytest.mark.parametrize("blank", BLANK_TEXTS, ids=[repr(b) for b in BLANK_TEXTS])
+def test_texts_of_only_invisible_characters_are_empty(seeded_store, tmp_path, blank):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, {"prompt": blank}])
+    with pytest.raises(ImportFileError, match=rf"^{prompts}:2: field 'prompt': must not be empty"):
+        import_file(seeded_store, prompts)
+    pairs = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "q", "chosen": "a", "rejected": blank}])
+    with pytest.raises(ImportFileError, match=rf"^{pairs}:1: field 'rejected': must not be empty"):
+        import_file(seeded_store, pairs)
+    hh = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: q\n\nAssistant: a",
+                                              "rejected": f"\n\nHuman: q\n\nAssistant: {blank}"}])
+    with pytest.raises(ImportFileError, match=rf"^{hh}:1: field 'rejected \(turn 2\)': the Assistant turn is empty"):
+        import_file(seeded_store, hh)
+    text = tmp_path / "p.txt"
+    text.write_text(f"first\n{blank}\nthird\n")  # a blank line of a text file is skipped, as an empty one is
+    assert [item.messages for item in read_file(text)[1]] == [[user("first")], [user("third")]]
+
+
+def test_a_text_with_invisible_characters_around_words_is_kept_as_written(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "\u200bhello\u00a0"}])
+    assert read_file(path)[1][0].messages == [user("\u200bhello\u00a0")]
+
+
+@pytest.mark.parametrize(
+    "name, content, error",
+    [
+        ("x.jsonl", b'{"prompt": "a"}\n{"prompt": "q", "chosen": "a", "rejected": "b", "chosen": "c"}\n',
+         ":2: the key 'chosen' appears more than once in one object"),
+        ("p.jsonl", b'{"messages": [{"role": "user", "content": "a", "role": "system"}]}\n',
+         ":1: the key 'role' appears more than once in one object"),
+        ("p.json", b'[{"prompt": "a"},\n {"prompt": "b", "text": "c", "prompt": "d"}]',
+         ": record 2: the key 'prompt' appears more than once in one object"),
+    ],
+)
+def test_a_repeated_json_key_is_an_error_naming_line_and_key(seeded_store, tmp_path, name, content, error):
+    path = tmp_path / name
+    path.write_bytes(content)
+    before = table_counts(seeded_store)
+    with pytest.raises(ImportFileError) as raised:
+        import_file(seeded_store, path)
+    assert str(raised.value).startswith(f"{path}{error}"), str(raised.value)
+    assert table_counts(seeded_store) == before
+
+
+def test_a_csv_header_naming_a_column_twice_is_an_error(seeded_store, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("prompt,chosen,rejected,chosen\nq,a,b,c\n")
+    with pytest.raises(ImportFileError) as raised:
+        import_file(seeded_store, path)
+    assert str(raised.value) == f"{path}:1: the header names the column 'chosen' twice (columns 2 and 4)"
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("p.jsonl", b"", "the file is empty"),
+        ("p.jsonl", b"\n  \n\t\n", "the file holds only blank lines (3)"),
+        ("p.txt", "\n\u200b\n \n".encode(), "the file holds only blank lines (3)"),
+        ("p.csv", b"\n\n", "the file holds only blank lines (2)"),
+        ("p.jsonl", b"   ", "the file holds only blank lines (1)"),
+        ("p.csv", b"prompt\n", "the file holds a header row and no data rows"),
+        ("p.json", b"[]", "the JSON array is empty"),
+        ("p.parquet", _parquet_bytes([{"prompt": "a"}])[:0] or None, "the table has no rows"),
+    ],
+)
+def test_a_file_without_records_says_what_it_holds(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is None:  # a Parquet file with a schema and no rows
+        pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImportFileError) as raised:
+        read_file(path)
+    assert str(raised.value) == f"{path}: no records ({reason})"
+
+
+def test_symlink_loops_and_broken_symlinks_are_named_as_such(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(tmp_path / "other.jsonl")
+    (tmp_path / "other.jsonl").symlink_to(loop)
+    with pytest.raises(ImportFileError) as raised:
+        read_file(loop)
+    assert str(raised.value) == f"{loop}: a symlink loop (too many levels of symbolic links)"
+    dangling = tmp_path / "dangling.jsonl"
+    dangling.symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(ImportFileError) as raised:
+        read_file(dangling)
+    assert str(raised.value) == f"{dangling}: a broken symlink (its target {tmp_path / 'gone.jsonl'} does not exist)"
+
+
+# Names a terminal would act on: a newline that forges a second line, ANSI colour and title escapes, a carriage
+# return that overwrites the line, a right-to-left override that reverses what follows, a bell.
+HOSTILE_NAMES = ["two\nlines", "red\x1b[31mname", "title\x1b]0;pwned\x07", "over\rwrite", "rtl\u202etxt", "nul\x7f"]
+
+
+@pytest.mark.parametrize("stem", HOSTILE_NAMES, ids=[repr(n) for n in HOSTILE_NAMES])
+def test_file_names_are_printed_escaped(tmp_path, stem):
+    bad = tmp_path / f"{stem}.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": 3}\n')
+    good = tmp_path / f"{stem}-ok.jsonl"
+    good.write_text('{"prompt": "a"}\n')
+    db = tmp_path / "names.duckdb"
+    failed, done = run_cli(db, str(bad)), run_cli(db, str(good))
+    assert failed.returncode == 1 and done.returncode == 0, done.stderr
+    for output in (failed.stderr, done.stdout):
+        assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in output), output
+        assert output.count("\n") == 1, output  # one line each: the name forged no second line
+    escaped = stem.encode("unicode_escape").decode()
+    assert f"{tmp_path}/{escaped}.jsonl:2: field 'prompt'" in failed.stderr
+    assert f"{tmp_path}/{escaped}-ok.jsonl: imported 1 prompts" in done.stdout
+
+
+def test_file_names_with_bytes_that_are_not_utf8_are_printed_escaped(tmp_path):
+    folder = os.fsencode(tmp_path)
+    bad = os.path.join(folder, b"caf\xe9.jsonl")
+    with open(bad, "wb") as f:
+        f.write(b'{"prompt": 3}\n')
+    failed = subprocess.run([sys.executable, "-m", "training.cli", "--db", str(tmp_path / "b.duckdb"), "import", bad],
+                            cwd=ROOT, capture_output=True, timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.decode("utf-8").strip().endswith(
+        f": {tmp_path}/caf\\xe9.jsonl:1: field 'prompt': expected a string or message list, got a number")
 
 
 # --- fuzzing --------------------------------------------------------------------------------------------------------

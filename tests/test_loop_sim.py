@@ -32,6 +32,15 @@ def prefers_letter_e_density(messages, response_a, response_b):
     return ("a" if density_a > density_b else "b"), "clear"
 
 
+def prefers_alphabetical_start(messages, response_a, response_b):
+    """Prefers the response whose first character comes first in Unicode order: a preference about the first token,
+    which a tiny model's LoRA can learn from a few dozen pairs, decided on almost every pair, blind to length."""
+    first_a, first_b = response_a.strip()[:1], response_b.strip()[:1]
+    if first_a == first_b:
+        return "tie", None
+    return ("a" if first_a < first_b else "b"), "clear"
+
+
 def test_builtin_judges_and_loading():
     assert shorter([], "short", "a much longer answer") == ("a", "clear")
     assert shorter([], "same", "same") == ("tie", None)
@@ -45,12 +54,13 @@ def test_builtin_judges_and_loading():
 
 def scaled_down_recipe(tmp_path):
     """configs/dpo.yaml with only what the tiny model's size calls for changed: one batch of 8 pairs a step, short
-    sequences, and a learning rate for 32-wide layers (a LoRA step moves the output by about lr x width)."""
+    sequences, and five times the learning rate (measured on this model: 3e-4 moved it barely, 1e-3 clearly, 5e-3
+    collapsed it in a round); generation and evaluation cut to 24-token answers and 32 held-out prompts."""
     import yaml
 
     root = Path(__file__).resolve().parents[1]
     dpo = yaml.safe_load((root / "configs" / "dpo.yaml").read_text())
-    dpo |= dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, max_length=256, learning_rate=2e-2,
+    dpo |= dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, max_length=256, learning_rate=1e-3,
                 report_to=["none"])
     files = {
         "dpo": dpo,
@@ -63,12 +73,12 @@ def scaled_down_recipe(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_loop_makes_the_model_better_under_the_judge(store, stopping_model_dir, tmp_path, monkeypatch):
-    """Two rounds of the default recipe, scaled down, on a tiny model whose answers have many lengths: the `shorter`
-    judge's preference is learned, and the figures show it (win rate over round 0 and KL with intervals above 0.5 and
-    0), while the base model's own figures show no change."""
+def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, tmp_path, monkeypatch):
+    """Two rounds of the default recipe, scaled down, on a tiny chat model whose answers have many lengths: the
+    `shorter` judge's preference is learned, and the figures show it (win rate over round 0 and KL with intervals above
+    0.5 and 0), while the base model's own figures show no change."""
     monkeypatch.chdir(tmp_path)  # checkpoints/ lands here
-    monkeypatch.setenv("MODEL", str(stopping_model_dir))
+    monkeypatch.setenv("MODEL", str(chat_model_dir))
     config = build(
         LoopConfig,
         None,

@@ -258,7 +258,9 @@ def test_ppo_raises_target_token_reward_and_registers_checkpoint(store, tiny_mod
     assert before < 0.01 and after > 10 * before, (before, after)
 
 
-def test_train_ppo_cli_with_reward_model_then_continues_from_its_adapter(rl_store, tiny_model_dir, tmp_path):
+def test_train_ppo_cli_with_reward_model_then_continues_from_its_adapter(
+    rl_store, tiny_model_dir, tmp_path, attention_calls
+):
     store, base_id, reward_id = rl_store
     args = ["--db", str(store.path), "train-ppo", "--num-updates", "2", "--rollout-batch-size", "4",
             "--minibatch-size", "2", "--ppo-epochs", "1", "--max-new-tokens", "6", "--learning-rate", "0.05"]
@@ -268,6 +270,7 @@ def test_train_ppo_cli_with_reward_model_then_continues_from_its_adapter(rl_stor
     assert Path(first["adapter_path"]) == (tmp_path / "checkpoints" / "round-0" / "ppo" / "adapter").resolve()
     summary = json.loads((tmp_path / "checkpoints" / "round-0" / "ppo" / "metrics.json").read_text())
     assert summary["steps"] == 2 and math.isfinite(summary["reward_last"])
+    assert_trained_without_cudnn_attention(attention_calls)
 
     # The finished run's directory is not reused: a second run must name its own.
     assert cli_main(args) == 1
@@ -326,7 +329,45 @@ def test_train_ppo_without_reward_model_fails_clearly(store, tiny_model_dir, cap
     assert store.list_training_runs() == []
 
 
-def test_rloo_trains_with_reward_model_and_registers_checkpoint(rl_store, tiny_model_dir, tmp_path):
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Every call of SDPA: (cuDNN attention enabled, an explicit mask passed, gradients recorded)."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append((torch.backends.cuda.cudnn_sdp_enabled(), attn_mask is not None, torch.is_grad_enabled()))
+        return sdpa(query, key, value, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    return calls
+
+
+def assert_trained_without_cudnn_attention(calls: list[tuple[bool, bool, bool]]) -> None:
+    """The passes that backpropagate ran with cuDNN attention off, and it is back on afterwards.
+
+    cuDNN's attention backward (H100/H200, torch >= 2.11) returns NaN query gradients when a mask is passed, the
+    padded length is 64 mod 128 and a query row attends to nothing, as a left-padded prompt's pad rows do: RLOO's
+    step 4 (prompts up to 64 tokens, 128-token completions) stopped on a NaN gradient norm with a finite loss. The
+    kernel needs a GPU (bench/attention_nan_check.py shows it there); here the batches show the trigger, a mask.
+    """
+    backward = [call for call in calls if call[2]]
+    assert backward and any(masked for _, masked, _ in backward), "no masked batch reached attention with gradients"
+    assert not any(cudnn for cudnn, _, _ in backward), "a training pass ran with cuDNN attention enabled"
+    assert torch.backends.cuda.cudnn_sdp_enabled(), "training left cuDNN attention disabled"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN attention runs on CUDA GPUs only")
+def test_left_padded_attention_backward_is_finite_on_the_gpu():
+    """RLOO's 4th-step batch shape (length 192, left-padded, bf16) backpropagates to finite gradients with the
+    attention training uses; the default backends gave NaN on H100/H200 with torch >= 2.11 (counted in the message)."""
+    from bench.attention_nan_check import nonfinite_gradients
+
+    default = nonfinite_gradients(training=False)
+    assert nonfinite_gradients(training=True) == 0, f"(default SDPA backends: {default} non-finite)"
+
+
+def test_rloo_trains_with_reward_model_and_registers_checkpoint(rl_store, tiny_model_dir, tmp_path, attention_calls):
     store, base_id, reward_id = rl_store
     args = ["--db", str(store.path), "train-rloo", "--max-steps", "2", "--per-device-train-batch-size", "4",
             "--num-generations", "2", "--max-new-tokens", "6", "--learning-rate", "0.01"]
@@ -339,5 +380,12 @@ def test_rloo_trains_with_reward_model_and_registers_checkpoint(rl_store, tiny_m
     assert not (run_dir / "adapter" / "ref").exists()  # only the trained adapter, not TRL's reference copy
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and math.isfinite(metrics["reward_first"]) and math.isfinite(metrics["kl_last"])
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [entry["step"] for entry in history] == [1, 2]
+    for entry in history:
+        assert {"reward_model_score", "reward", "kl", "completion_length", "clipped_ratio", "grad_norm"} <= set(entry)
+        assert entry["reward"] <= entry["reward_model_score"]  # the reward is the score less the missing-EOS penalty
+    assert metrics["reward_first"] == history[0]["reward"]
+    assert_trained_without_cudnn_attention(attention_calls)
     (run,) = store.list_training_runs()
     assert (run["kind"], run["status"], run["checkpoint_id"]) == ("rloo", "finished", checkpoint["id"])

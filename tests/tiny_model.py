@@ -80,3 +80,46 @@ def build_stopping_model(tiny_model_dir: Path, directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return Path(directory)
+
+
+def build_chat_model(tiny_model_dir: Path, directory: Path, steps: int = 300, seed: int = 0) -> Path:
+    """The tiny model taught, by a few seconds of full fine-tuning, to answer a chat prompt with 1 to 16 words of its
+    corpus and then end its turn: a model whose end-of-turn token is learned like any other, so preference training
+    can move where its answers stop (the loop's tests need answers of many lengths that mostly finish)."""
+    import json
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    seeds = Path(__file__).resolve().parents[1] / "store" / "seeds" / "prompts.jsonl"
+    prompts = [json.loads(line)["messages"] for line in seeds.read_text().splitlines()[:200]]
+    words = " ".join(CORPUS).split()
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+
+    def example() -> tuple[list[int], list[int]]:
+        messages = rng.choice(prompts)
+        answer = " ".join(rng.choice(words) for _ in range(rng.randint(1, 16)))
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-48:]
+        completion = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
+        return prompt_ids + completion, [-100] * len(prompt_ids) + completion
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = [example() for _ in range(16)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in batch])
+        attention = (input_ids != tokenizer.pad_token_id).long()
+        model(input_ids=input_ids, attention_mask=attention, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -44,3 +45,23 @@ class SaveOnlyTrainedAdapter(TrainerCallback):
         for sub in checkpoint.iterdir() if checkpoint.is_dir() else ():
             if (sub / "adapter_config.json").exists():
                 shutil.rmtree(sub)
+
+
+class WriteHistory(TrainerCallback):
+    """Rewrite `path` at every log that holds the key `when` with the list of such logs so far, each as
+    {"step": global step, field: the log's value of key for each field: key in `fields`}. Installed before
+    StopOnNonFiniteLoss, it keeps the step that stopped a run; a resumed run continues the file's history."""
+
+    def __init__(self, path: Path, fields: dict[str, str], when: str):
+        self.path, self.fields, self.when = Path(path), fields, when
+        self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.path.exists():  # resuming: the steps up to the checkpoint the run continues from
+            self.history = [e for e in json.loads(self.path.read_text()) if e["step"] <= state.global_step]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and self.when in logs:
+            entry = {field: logs[key] for field, key in self.fields.items() if key in logs}
+            self.history.append({"step": state.global_step} | entry)
+            self.path.write_text(json.dumps(self.history, indent=2))

@@ -62,14 +62,15 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from store.importers import import_file
+    from store.importers import import_file, printable
 
     summary = import_file(
         open_store(args), args.path, kind=args.kind, source=args.source, skip_invalid=args.skip_invalid
     )
     splits = summary.inserted_by_split
     per_split = f" (train {splits.get('train', 0)}, held-out {splits.get('heldout', 0)})" if splits else ""
-    print(f"{args.path}: imported {summary.inserted} {summary.kind}{per_split}, skipped {summary.duplicates} duplicates")
+    name = printable(str(args.path))
+    print(f"{name}: imported {summary.inserted} {summary.kind}{per_split}, skipped {summary.duplicates} duplicates")
     if summary.split_conflicts:
         print(
             f"{summary.split_conflicts} records asked for another split than the one their prompt already has; "

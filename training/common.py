@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from training.distributed import (
     is_main_process,
     relaunch,
     split_batch,
-    start_worker,
+    worker_process_group,
     world_size,
 )
 from training.distributed import (
@@ -238,6 +240,23 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableMo
     }
 
 
+@contextmanager
+def training_attention() -> Iterator[None]:
+    """Attention for passes that backpropagate: PyTorch's SDPA without its cuDNN backend (flash, memory-efficient and
+    math attention are chosen as usual; on a CPU nothing changes).
+
+    On H100/H200 with torch >= 2.11, cuDNN's attention backward returns NaN query gradients when an explicit mask is
+    passed, the padded length is 64 mod 128 and some query row's logsumexp is below -88.7 (pytorch#196678; the
+    forward is fine). A left-padded batch always has such rows: a pad position attends to nothing. RLOO's 4th step
+    (seed 0, default config) is such a batch: prompts padded to 64 tokens plus 128-token completions, 192 in all; it
+    stopped with a NaN gradient norm after a finite loss, from the base model and from an RLOO checkpoint alike.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
+
+
 # --- the run record -------------------------------------------------------------------------------------------------
 
 
@@ -314,7 +333,8 @@ class Run:
         """Run the trainer (from the checkpoint to resume, if any) and return its metrics (`training_metrics`)."""
         if self.is_main:
             print(f"batches: {describe_batches(trainer)}")
-        return training_metrics(trainer, trainer.train(resume_from_checkpoint=self.resume_from))
+        with training_attention():
+            return training_metrics(trainer, trainer.train(resume_from_checkpoint=self.resume_from))
 
     def finish(self, trainer, loaded: TrainableModel, metrics: dict) -> int | None:
         """Save adapter, tokenizer, config and metrics; register the checkpoint; mark the run finished.
@@ -381,9 +401,8 @@ def run_training_command(train, config_class, args) -> int:
     split_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, config.gpus)  # fail early
     if config.gpus > 1 and world_size() == 1:
         return relaunch(config.gpus, config.distributed, args.argv)
-    if world_size() > 1:
-        start_worker()
-    train(open_store(args), config, resume=args.resume, overwrite=args.overwrite)
+    with worker_process_group() if world_size() > 1 else nullcontext():
+        train(open_store(args), config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -24,6 +24,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -111,18 +113,31 @@ def relaunch(gpus: int, strategy: str, cli_args: list[str]) -> int:
     return subprocess.call(command, env=env)
 
 
-def start_worker() -> None:
-    """In a launched worker: join the process group now (the barrier below needs it before the Trainer exists), and
-    turn the launcher's SIGTERM (another rank failed) into an exception, so the run is recorded as failed."""
+@contextmanager
+def worker_process_group() -> Iterator[None]:
+    """In a launched worker, around the whole run: join the process group first (`barrier` needs it before the
+    Trainer exists), turn the launcher's SIGTERM (another rank failed) into an exception so the run is recorded
+    as failed, and when the run succeeds leave the group in order: every rank waits at a barrier, then destroys it.
+
+    Destroying the group joins its gloo worker threads while the interpreter is still whole. Left to interpreter
+    shutdown instead, a worker thread that is still releasing a finished collective's tensors (a loaded machine
+    deschedules it between completing the work and dropping it) needs the GIL during finalization; CPython ends such
+    a thread with a forced unwind that hits a noexcept frame, so a run that trained and saved everything aborted with
+    "terminate called without an active exception" (exit -6). After a failure the group is left alone: another rank
+    may still be inside a collective, and destroying would wait for it.
+    """
     import torch
     from accelerate import PartialState
 
-    PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
 
     def stop(signum, frame):
         raise SystemExit(f"stopped by signal {signum}: another process of the run failed or was interrupted")
 
     signal.signal(signal.SIGTERM, stop)
+    yield
+    state.wait_for_everyone()  # the last collective of every rank: none is in flight when the group goes
+    state.destroy_process_group()
 
 
 def barrier() -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.common import Run, TrainingError, base_model_of, choose_parent, round_of
+from training.common import Run, TrainingError, base_model_of, choose_parent, round_of, training_attention
 from training.config import add_arguments, from_args, opt
 from training.models import (
     ModelConfig,
@@ -624,9 +624,10 @@ def train_ppo(
         start = f"checkpoint {parent['id']} ({parent['kind']})" if parent else "the base model"
         scorer = f"reward checkpoint {reward['id']}" if reward else "a programmatic reward"
         print(f"ppo: {base_model} from {start}, scored by {scorer}; {loaded.describe()}; output {run.output_dir}")
-        history = train(
-            loaded.model, value_model, loaded.tokenizer, prompts, score, config, run.output_dir / "runs", progress
-        )
+        with training_attention():
+            history = train(
+                loaded.model, value_model, loaded.tokenizer, prompts, score, config, run.output_dir / "runs", progress
+            )
         (run.output_dir / "history.json").write_text(json.dumps(history, indent=2))
         metrics = summarize(history, "reward/score", "kl")
         # Run.finish saves `trainer.model`'s trained adapter ("default") and the tokenizer next to it.

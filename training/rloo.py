@@ -11,7 +11,9 @@ other completions of the same prompt, so no value model is needed. The reward is
 last real token) minus `missing_eos_penalty` for a completion without EOS. The KL penalty's reference is the parent
 checkpoint, as in DPO: TRL keeps a frozen copy ("ref") of the adapter it trains, which is the parent's adapter, or a
 fresh one equal to the base model. The run directory and the registered 'rloo' checkpoint are laid out as DPO's
-(training/common.py).
+(training/common.py), plus history.json: every step's reward-model score, reward, KL, completion length, share
+cut at the length limit, loss and gradient norm, rewritten at each step so that a stopped run keeps it
+(bench/rloo_curves.py draws it).
 """
 
 from __future__ import annotations
@@ -58,15 +60,31 @@ class RLOOTrainConfig(ModelConfig):
 
 def eos_penalized_reward(score, eos_token_id: int, penalty: float):
     """A TRL reward function (prompts, completions, completion_ids) around a PPO RewardFn, with the missing-EOS
-    penalty (TRL's completion ids end with EOS when the completion has one)."""
+    penalty (TRL's completion ids end with EOS when the completion has one). The mean reward-model score alone is
+    logged as `reward_model_score` (TRL's `reward` includes the penalty)."""
 
-    def reward_model(prompts, completions, completion_ids, **kwargs) -> list[float]:
+    def reward_model(prompts, completions, completion_ids, log_metric=None, **kwargs) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        scores = score(prompts, texts, completion_ids)
+        scores = [float(s) for s in score(prompts, texts, completion_ids)]
+        if log_metric is not None:
+            log_metric("reward_model_score", sum(scores) / len(scores))
         ended = [bool(ids) and ids[-1] == eos_token_id for ids in completion_ids]
-        return [float(s) - (0.0 if e else penalty) for s, e in zip(scores, ended)]
+        return [s - (0.0 if e else penalty) for s, e in zip(scores, ended)]
 
     return reward_model
+
+
+# history.json's fields and the TRL log keys they come from
+HISTORY_FIELDS = {
+    "reward_model_score": "reward_model_score",
+    "reward": "reward",  # reward-model score minus the missing-EOS penalty (the KL penalty is not in it)
+    "kl": "kl",  # mean per-token log-ratio to the reference (TRL's first-order estimate)
+    "completion_length": "completions/mean_length",
+    "clipped_ratio": "completions/clipped_ratio",  # share of completions cut at max_new_tokens (no EOS)
+    "entropy": "entropy",
+    "loss": "loss",
+    "grad_norm": "grad_norm",
+}
 
 
 def train_rloo(
@@ -97,7 +115,7 @@ def train_rloo(
         import trl  # after load_trainable: Unsloth patches TRL when it is imported first
         from datasets import Dataset
 
-        from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss
+        from training.callbacks import SaveOnlyTrainedAdapter, StopOnNonFiniteLoss, WriteHistory
         from training.lm_head import install_lm_head
 
         reward_base = resolve_model(reward["base_model"])
@@ -105,6 +123,7 @@ def train_rloo(
         reward_tokenizer = checkpoint_tokenizer(reward_base, reward["adapter_path"])
         score = reward_model_fn(reward_model, reward_tokenizer, config.per_device_train_batch_size)
         on_gpu = loaded.device == "cuda"
+        history = WriteHistory(run.output_dir / "history.json", HISTORY_FIELDS, when="reward")
         args = trl.RLOOConfig(
             output_dir=str(run.output_dir),
             seed=config.seed,
@@ -139,13 +158,13 @@ def train_rloo(
             args=args,
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             processing_class=loaded.tokenizer,
-            callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
+            # history first: the step that stops the run is in it
+            callbacks=[history, StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
         )
         install_lm_head(trainer, config.lm_head, loaded.device, config.temperature)
         metrics = run.train(trainer)
-        logged = [entry for entry in trainer.state.log_history if "reward" in entry]
-        if logged:
-            metrics |= summarize(logged, "reward", "kl")
+        if history.history:
+            metrics |= summarize(history.history, "reward", "kl")  # as PPO's: the score less the EOS penalty
         checkpoint_id = run.finish(trainer, loaded, metrics)
     return checkpoint_id
 
