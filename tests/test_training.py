@@ -400,8 +400,8 @@ def test_configs_load_and_the_command_line_overrides_them(tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = build(dpo.DPOTrainConfig, configs / "dpo.yaml", {"beta": "0.25", "loss_type": "ipo,sigmoid"})
     assert config.beta == 0.25 and config.loss_type == ["ipo", "sigmoid"]
-    assert config.learning_rate == 5e-6 and config.lora_r == 16 and config.lora_alpha == 16 and config.seed == 3407
-    assert config.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"] and config.max_length == 2048
+    assert config.learning_rate == 2e-4 and config.lora_r == 16 and config.lora_alpha == 16 and config.seed == 3407
+    assert config.lora_targets == ["all-linear"] and config.max_length == 2048 and config.weight_decay == 0.01
     assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps == 4
     assert build(reward.RewardTrainConfig, configs / "reward.yaml").learning_rate == 1e-4
     assert build(sft.SFTTrainConfig, configs / "sft.yaml").learning_rate == 2e-4
