@@ -1,15 +1,19 @@
 """Label: the prompt, two responses side by side, and one button (with its key) per choice.
 
 Choices are made about what is on screen ("A" is the left response) and stored in terms of the pair's stored a/b;
-the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`.
+the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`; the browser side (quiet
+rule for key bursts, lease heartbeat) in `labeler/browser.py`. Below the pair: the annotator's recent judgments, each
+editable while its round is open.
 """
 
 import streamlit as st
 
-from labeler import labeling
+from labeler import browser, labeling
 from labeler.guidelines import guidelines_panel
 from labeler.render import conversation, responses_side_by_side, screen_texts, shown_left
 from labeler.session import current_annotator, get_store, local_day_start
+
+SCREEN_LABELS = {"A": "A better", "B": "B better", "tie": "Tie", "both_bad": "Both bad"}
 
 RESPONSE_HEIGHT = 420  # pixels; both responses scroll inside boxes of this height
 
@@ -17,6 +21,7 @@ store = get_store()
 annotator = current_annotator()
 state = st.session_state
 
+browser.label_page_guard()
 progress_slot = st.empty()  # filled last, so the pair is on screen before the progress query runs
 pair = labeling.current_pair(store, annotator)
 if notice := state.pop("notice", None):
@@ -33,6 +38,15 @@ if pair is None:
                   args=(store, annotator))
 else:
     pair_id = pair["id"]
+    if editing := state.get("editing"):
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.info(f"Changing your judgment of pair {pair_id}: press a choice to save it.", icon=":material/edit:")
+            st.button("Back to labeling", key=f"cancel-edit-{pair_id}", icon=":material/close:",
+                      on_click=labeling.cancel_edit, args=(store, annotator))
+    if (restored := state.get("restored")) and restored["pair_id"] == pair_id:
+        strength = f" ({restored['strength']})" if restored["strength"] else ""
+        st.caption(f"{'You chose' if editing else 'Before the undo you chose'} "
+                   f"**{SCREEN_LABELS[restored['choice']]}**{strength} for this pair.")
     left = shown_left(pair_id, annotator.id)
     left_text, right_text = screen_texts(pair, left)
     raw = st.toggle("Show raw text", key="raw_text", help="Show the exact characters instead of rendered markdown.")
@@ -61,6 +75,20 @@ else:
     st.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
                   placeholder="Rationale (optional): why? One line is plenty.")
     st.caption(f"Pair {pair_id}")
+
+with st.expander("Your recent judgments", key="history", icon=":material/history:", on_change="rerun") as history:
+    if history.open:
+        rows = labeling.recent_judgments(store, annotator)
+        if not rows:
+            st.caption("None yet.")
+        for row in rows:
+            strength = f" ({row['strength']})" if row["strength"] else ""
+            with st.container(horizontal=True, vertical_alignment="center"):
+                st.button("Change", key=f"edit-{row['pair_id']}", icon=":material/edit:", disabled=not row["editable"],
+                          on_click=labeling.edit, args=(store, annotator, row["pair_id"]),
+                          help=None if row["editable"] else "Its round is closed.")
+                st.text(f"Pair {row['pair_id']} · {SCREEN_LABELS[row['screen_choice']]}{strength} · "
+                        f"{row['prompt'][:80]}" + (f" · “{row['rationale']}”" if row["rationale"] else ""))
 
 counts = labeling.progress(store, annotator, local_day_start())
 round_text = "all rounds" if state.get("round_id") is None else f"round {state['round_id']}"
