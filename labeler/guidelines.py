@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from labeler.session import act
 from store import Annotator, Store
 
 SETTING = "guidelines"
@@ -47,7 +48,7 @@ def guidelines_panel(store: Store, annotator: Annotator) -> None:
         st.markdown(text)
         if annotator.is_admin:
             edited = st.text_area("Edit the guidelines (markdown; admins only)", value=text, height=300)
-            if st.button("Save guidelines", icon=":material/save:") and edited != text:
-                store.set_setting(SETTING, edited)
+            if st.button("Save guidelines", icon=":material/save:") and edited != text and \
+                    act(store.set_setting, SETTING, edited):
                 _load.clear()
                 st.rerun()

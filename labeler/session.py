@@ -131,10 +131,11 @@ def sign_out(message: str | None = None) -> None:
 
 
 def act(action, *args, **kwargs):
-    """Run a store action as the signed-in person (`actor=` added). An ended session signs out and reruns; another
-    refusal is shown as an error and returns None."""
+    """Run a store action as the signed-in person (`actor=` added); returns what it returned (True for None). An ended
+    session signs out and reruns; another refusal is shown as an error and returns None."""
     try:
-        return action(*args, actor=current_actor(), **kwargs)
+        result = action(*args, actor=current_actor(), **kwargs)
+        return True if result is None else result
     except SessionEnded as exc:
         sign_out(str(exc))
         st.rerun()

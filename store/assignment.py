@@ -227,95 +227,104 @@ def _lease(con: duckdb.DuckDBPyConnection, annotator_id: int, pair_id: int, expi
     )
 
 
-def _room(con: duckdb.DuckDBPyConnection, pair_id: int, annotator_id: int, now: datetime) -> int:
-    """How many more annotators besides this one could lease the pair now, counting this one: the overlap target less
-    its judgments and other annotators' live leases; 0 if it is not open or this annotator judged or skipped it."""
-    row = con.execute(
+def _pair_state(con: duckdb.DuckDBPyConnection, pair_id: int, annotator_id: int, now: datetime) -> dict | None:
+    """One pair as the overlap rule sees it, for one annotator: overlap_target, status, round_id, `judged` (its
+    judgments), `held` (other annotators' live leases), `mine` (this annotator's judgment id, if any), `skipped`,
+    `leased` (this annotator's live lease on it). One statement of constant-filtered lookups (each scalar subquery is
+    independent of the row, so nothing is joined against whole tables)."""
+    rows = rows_as_dicts(con.execute(
         """
-        SELECT p.overlap_target
-               - (SELECT count(*) FROM judgments j WHERE j.pair_id = p.id)
-               - (SELECT count(*) FROM leases l WHERE l.pair_id = p.id AND l.annotator_id <> ? AND l.expires_at > ?),
-               p.status = 'open'
-               AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = p.id AND j.annotator_id = ?)
-               AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.pair_id = p.id AND s.annotator_id = ?)
-        FROM pairs p WHERE p.id = ?
+        SELECT overlap_target, status, round_id,
+               (SELECT count(*) FROM judgments WHERE pair_id = $pair) AS judged,
+               (SELECT count(*) FROM leases WHERE pair_id = $pair AND annotator_id <> $me AND expires_at > $now)
+                   AS held,
+               (SELECT id FROM judgments WHERE pair_id = $pair AND annotator_id = $me) AS mine,
+               EXISTS (SELECT 1 FROM skips WHERE pair_id = $pair AND annotator_id = $me) AS skipped,
+               EXISTS (SELECT 1 FROM leases WHERE annotator_id = $me AND pair_id = $pair AND expires_at > $now)
+                   AS leased
+        FROM pairs WHERE id = $pair
         """,
-        [annotator_id, now, annotator_id, annotator_id, pair_id],
-    ).fetchone()
-    return row[0] if row and row[1] else 0
+        {"pair": pair_id, "me": annotator_id, "now": now},
+    ))
+    return rows[0] if rows else None
+
+
+def _room(con: duckdb.DuckDBPyConnection, pair_id: int, annotator_id: int, now: datetime) -> int:
+    """How many annotators, this one included, could still lease the pair: its overlap target less its judgments and
+    other annotators' live leases; 0 if it is not open or this annotator judged or skipped it."""
+    pair = _pair_state(con, pair_id, annotator_id, now)
+    if pair is None or pair["status"] != "open" or pair["mine"] is not None or pair["skipped"]:
+        return 0
+    return pair["overlap_target"] - pair["judged"] - pair["held"]
 
 
 def _lease_next(
     con: duckdb.DuckDBPyConnection, annotator_id: int, round_id: int | None, lease_seconds: float, now: datetime
 ) -> dict | None:
     con.execute("DELETE FROM leases WHERE expires_at <= ?", [now])
-    row = con.execute(
-        """
-        SELECT p.id FROM leases l JOIN pairs p ON p.id = l.pair_id
-        WHERE l.annotator_id = ? AND p.status = 'open' AND (? IS NULL OR p.round_id = ?)
-          AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = p.id AND j.annotator_id = l.annotator_id)
-          AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.pair_id = p.id AND s.annotator_id = l.annotator_id)
-        """,
-        [annotator_id, round_id, round_id],
-    ).fetchone()
-    if row is None:
-        row = con.execute(
+    pair_id = None
+    own = con.execute("SELECT pair_id FROM leases WHERE annotator_id = ?", [annotator_id]).fetchone()
+    if own is not None:  # served again while it is open and in the round asked for
+        pair = _pair_state(con, own[0], annotator_id, now)
+        if pair is not None and pair["status"] == "open" and round_id in (None, pair["round_id"]) \
+                and pair["mine"] is None and not pair["skipped"]:
+            pair_id = own[0]
+    if pair_id is None:
+        found = con.execute(
             """
-            SELECT p.id FROM pairs p
-            WHERE p.status = 'open' AND (? IS NULL OR p.round_id = ?)
-              AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.pair_id = p.id AND j.annotator_id = ?)
-              AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.pair_id = p.id AND s.annotator_id = ?)
-              AND (SELECT count(*) FROM judgments j WHERE j.pair_id = p.id)
-                + (SELECT count(*) FROM leases l WHERE l.pair_id = p.id AND l.annotator_id <> ?)
-                < p.overlap_target
+            WITH open_pairs AS (
+                SELECT id, round_id, overlap_target FROM pairs WHERE status = 'open' AND ($round IS NULL OR round_id = $round)
+            ), judged AS (
+                SELECT pair_id, count(*) AS n, bool_or(annotator_id = $me) AS mine FROM judgments
+                WHERE pair_id IN (SELECT id FROM open_pairs) GROUP BY pair_id
+            ), held AS (
+                SELECT pair_id, count(*) AS n FROM leases WHERE annotator_id <> $me GROUP BY pair_id
+            )
+            SELECT p.id FROM open_pairs p LEFT JOIN judged j ON j.pair_id = p.id LEFT JOIN held h ON h.pair_id = p.id
+            WHERE NOT coalesce(j.mine, false)
+              AND p.id NOT IN (SELECT pair_id FROM skips WHERE annotator_id = $me)
+              AND coalesce(j.n, 0) + coalesce(h.n, 0) < p.overlap_target
             ORDER BY p.round_id DESC NULLS LAST, p.id LIMIT 1
             """,
-            [round_id, round_id, annotator_id, annotator_id, annotator_id],
+            {"round": round_id, "me": annotator_id},
         ).fetchone()
-    if row is None:
-        return None
-    _lease(con, annotator_id, row[0], now + timedelta(seconds=lease_seconds))
-    return _pair_with_texts(con, row[0])
+        if found is None:
+            return None
+        pair_id = found[0]
+    _lease(con, annotator_id, pair_id, now + timedelta(seconds=lease_seconds))
+    return _pair_with_texts(con, pair_id)
 
 
 def _submit(con: duckdb.DuckDBPyConnection, judgment: Judgment, now: datetime) -> int:
     pair_id, annotator_id = judgment.pair_id, judgment.annotator_id
-    pair = con.execute("SELECT overlap_target, status, round_id FROM pairs WHERE id = ?", [pair_id]).fetchone()
+    pair = _pair_state(con, pair_id, annotator_id, now)
     if pair is None:
         raise StoreError(f"pair {pair_id} does not exist")
-    target, status, round_id = pair
     annotator = con.execute("SELECT disabled FROM annotators WHERE id = ?", [annotator_id]).fetchone()
     if annotator is None:
         raise StoreError(f"annotator {annotator_id} does not exist")
     if annotator[0]:
         raise StoreError(f"annotator {annotator_id} is disabled")
     values = [judgment.choice, judgment.strength, judgment.rationale, judgment.shown_left, judgment.seconds_spent, now]
-    existing = con.execute(
-        "SELECT id FROM judgments WHERE pair_id = ? AND annotator_id = ?", [pair_id, annotator_id]
-    ).fetchone()
-    if existing is not None:
+    judged = pair["judged"]
+    if pair["mine"] is not None:
         latest = _latest_round(con)
-        if round_id is not None and round_id != latest:
-            raise StoreError(f"pair {pair_id} belongs to round {round_id}, which closed when round {latest} started: "
-                             "its judgments no longer change")
+        if pair["round_id"] is not None and pair["round_id"] != latest:
+            raise StoreError(f"pair {pair_id} belongs to round {pair['round_id']}, which closed when round {latest} "
+                             "started: its judgments no longer change")
         con.execute(
             "UPDATE judgments SET choice = ?, strength = ?, rationale = ?, shown_left = ?, seconds_spent = ?, "
             "updated_at = ? WHERE id = ?",
-            [*values, existing[0]],
+            [*values, pair["mine"]],
         )
-        judgment_id = existing[0]
+        judgment_id = pair["mine"]
     else:
-        leased = con.execute(
-            "SELECT 1 FROM leases WHERE annotator_id = ? AND pair_id = ? AND expires_at > ?",
-            [annotator_id, pair_id, now],
-        ).fetchone()
-        (judged,) = con.execute("SELECT count(*) FROM judgments WHERE pair_id = ?", [pair_id]).fetchone()
-        if status == "retired":
+        if pair["status"] == "retired":
             raise PairReassigned(f"This pair was reassigned: pair {pair_id} was retired. Your choice was not recorded.")
-        if judged >= target:
+        if judged >= pair["overlap_target"]:
             raise PairReassigned(f"This pair was reassigned: pair {pair_id} has all the judgments it needs. Your "
                                  "choice was not recorded.")
-        if leased is None:
+        if not pair["leased"]:
             raise PairReassigned(f"This pair was reassigned: your hold on pair {pair_id} ended (its tab was closed, "
                                  "it sat idle too long, or you moved on in another tab). Your choice was not recorded.")
         (judgment_id,) = con.execute(
@@ -326,8 +335,10 @@ def _submit(con: duckdb.DuckDBPyConnection, judgment: Judgment, now: datetime) -
             """,
             [pair_id, annotator_id, *values, now],
         ).fetchone()
-    con.execute("DELETE FROM leases WHERE annotator_id = ? AND pair_id = ?", [annotator_id, pair_id])
-    _refresh_pair_status(con, pair_id)
+        judged += 1
+        con.execute("DELETE FROM leases WHERE annotator_id = ?", [annotator_id])
+        if pair["status"] == "open" and judged >= pair["overlap_target"]:
+            con.execute("UPDATE pairs SET status = 'complete' WHERE id = ?", [pair_id])
     return judgment_id
 
 

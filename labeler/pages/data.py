@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeler.session import get_store, require_admin
+from labeler.session import current_actor, get_store, require_admin
 from store import StoreError
 
 admin = require_admin()
@@ -68,7 +68,8 @@ if do_export:
 
     try:
         with st.spinner("Exporting…"):
-            result = export(store, ExportConfig(name=name.strip() or None, round=scope, both_bad=both_bad))
+            result = export(store, ExportConfig(name=name.strip() or None, round=scope, both_bad=both_bad),
+                            actor=current_actor())
     except (StoreError, ValueError) as exc:
         st.error(f"Nothing exported. {exc}")
     else:

@@ -7,7 +7,7 @@ the annotators' judgments in export.
 import streamlit as st
 
 from labeler.render import CHOICE_LABELS, conversation, responses_side_by_side
-from labeler.session import get_store, require_admin
+from labeler.session import act, get_store, require_admin
 
 admin = require_admin()
 store = get_store()
@@ -47,7 +47,6 @@ with st.form(f"adjudicate-{pair_id}"):
     if st.form_submit_button("Save final label", type="primary"):
         if choice is None:
             st.error("Pick a final label first.")
-        else:
-            store.adjudicate(pair_id, admin.id, choice, note.strip() or None)
+        elif act(store.adjudicate, pair_id, admin.id, choice, note.strip() or None):
             st.session_state["review_saved"] = f"Pair {pair_id}: final label {CHOICE_LABELS[choice]!r} saved."
             st.rerun()
