@@ -53,8 +53,9 @@ def tables(s: Store) -> set[str]:
 
 
 def select(s: Store, sql: str, params=()) -> list[dict]:
+    """Rows of a query; `params` a sequence for ? or a dict for $name."""
     with s.transaction("test: read") as con:
-        return rows_as_dicts(con.execute(sql, list(params)))
+        return rows_as_dicts(con.execute(sql, params if isinstance(params, dict) else list(params)))
 
 
 @pytest.fixture
