@@ -102,7 +102,7 @@ class AssignmentMixin:
         now = now or utcnow()
         with self.transaction("submit judgment") as con:
             _authorize_for(con, actor, judgment.annotator_id, now)
-            return _submit(con, judgment, now)
+            return _submit(con, judgment, now, authorized=actor is not None)
 
     def submit_and_next(
         self,
@@ -119,7 +119,7 @@ class AssignmentMixin:
         now = now or utcnow()
         with self.transaction("submit judgment and lease next") as con:
             _authorize_for(con, actor, judgment.annotator_id, now)
-            judgment_id = _submit(con, judgment, now)
+            judgment_id = _submit(con, judgment, now, authorized=actor is not None)
             rounds = _round_filter(con, round_id, latest)
             return judgment_id, _lease_next(con, judgment.annotator_id, rounds, lease_seconds, now)
 
@@ -261,9 +261,11 @@ def _room(con: duckdb.DuckDBPyConnection, pair_id: int, annotator_id: int, now: 
 def _lease_next(
     con: duckdb.DuckDBPyConnection, annotator_id: int, round_id: int | None, lease_seconds: float, now: datetime
 ) -> dict | None:
-    con.execute("DELETE FROM leases WHERE expires_at <= ?", [now])
+    """Lease the annotator's next pair (see `AssignmentMixin.next_pair`). Expired leases are simply not counted: the
+    table holds one row per annotator at most, replaced by their next lease."""
     pair_id = None
-    own = con.execute("SELECT pair_id FROM leases WHERE annotator_id = ?", [annotator_id]).fetchone()
+    own = con.execute("SELECT pair_id FROM leases WHERE annotator_id = ? AND expires_at > ?",
+                      [annotator_id, now]).fetchone()
     if own is not None:  # served again while it is open and in the round asked for
         pair = _pair_state(con, own[0], annotator_id, now)
         if pair is not None and pair["status"] == "open" and round_id in (None, pair["round_id"]) \
@@ -273,12 +275,14 @@ def _lease_next(
         found = con.execute(
             """
             WITH open_pairs AS (
-                SELECT id, round_id, overlap_target FROM pairs WHERE status = 'open' AND ($round IS NULL OR round_id = $round)
+                SELECT id, round_id, overlap_target FROM pairs
+                WHERE status = 'open' AND ($round IS NULL OR round_id = $round)
             ), judged AS (
                 SELECT pair_id, count(*) AS n, bool_or(annotator_id = $me) AS mine FROM judgments
                 WHERE pair_id IN (SELECT id FROM open_pairs) GROUP BY pair_id
             ), held AS (
-                SELECT pair_id, count(*) AS n FROM leases WHERE annotator_id <> $me GROUP BY pair_id
+                SELECT pair_id, count(*) AS n FROM leases WHERE annotator_id <> $me AND expires_at > $now
+                GROUP BY pair_id
             )
             SELECT p.id FROM open_pairs p LEFT JOIN judged j ON j.pair_id = p.id LEFT JOIN held h ON h.pair_id = p.id
             WHERE NOT coalesce(j.mine, false)
@@ -286,7 +290,7 @@ def _lease_next(
               AND coalesce(j.n, 0) + coalesce(h.n, 0) < p.overlap_target
             ORDER BY p.round_id DESC NULLS LAST, p.id LIMIT 1
             """,
-            {"round": round_id, "me": annotator_id},
+            {"round": round_id, "me": annotator_id, "now": now},
         ).fetchone()
         if found is None:
             return None
@@ -295,16 +299,18 @@ def _lease_next(
     return _pair_with_texts(con, pair_id)
 
 
-def _submit(con: duckdb.DuckDBPyConnection, judgment: Judgment, now: datetime) -> int:
+def _submit(con: duckdb.DuckDBPyConnection, judgment: Judgment, now: datetime, authorized: bool) -> int:
+    """Record the judgment under the overlap rule; `authorized`: the annotator's session was checked already."""
     pair_id, annotator_id = judgment.pair_id, judgment.annotator_id
     pair = _pair_state(con, pair_id, annotator_id, now)
     if pair is None:
         raise StoreError(f"pair {pair_id} does not exist")
-    annotator = con.execute("SELECT disabled FROM annotators WHERE id = ?", [annotator_id]).fetchone()
-    if annotator is None:
-        raise StoreError(f"annotator {annotator_id} does not exist")
-    if annotator[0]:
-        raise StoreError(f"annotator {annotator_id} is disabled")
+    if not authorized:
+        annotator = con.execute("SELECT disabled FROM annotators WHERE id = ?", [annotator_id]).fetchone()
+        if annotator is None:
+            raise StoreError(f"annotator {annotator_id} does not exist")
+        if annotator[0]:
+            raise StoreError(f"annotator {annotator_id} is disabled")
     values = [judgment.choice, judgment.strength, judgment.rationale, judgment.shown_left, judgment.seconds_spent, now]
     judged = pair["judged"]
     if pair["mine"] is not None:

@@ -22,7 +22,7 @@ from store.prompts import ResponseIn, insert_rows, next_ids, pair_hash, response
 from store.sessions import Actor, authorize
 from store.store import rows_as_dicts, utcnow
 
-EXPORT_CHUNK_PAIRS = 2000  # pairs read per transaction by export_rows (about 10 ms each on 2 busy cores)
+EXPORT_CHUNK_PAIRS = 500  # pairs read per transaction by export_rows (about 10 ms each on 2 busy cores)
 
 
 @dataclass
