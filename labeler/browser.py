@@ -31,11 +31,9 @@ IDLE_MS = 300_000
 
 _HIDDEN = "<style>[class*='st-key-prefloop-js'] { display: none; }</style>"
 
-_GUARD = """
-(() => {
+_GUARD_BODY = """
   if (window.__prefloopGuard) return;
   window.__prefloopGuard = true;
-  const QUIET_MS = %(quiet)d, HEARTBEAT_MS = %(heartbeat)d, IDLE_MS = %(idle)d;
   const KEY_GROUPS = {a: "choice", b: "choice", t: "choice", x: "choice", s: "choice", u: "undo", 1: "slight",
                       2: "clear"};
   const CLICK_GROUPS = [[/st-key-(choice|skip)-/, "choice"], [/st-key-undo/, "undo"]];
@@ -80,8 +78,9 @@ _GUARD = """
     const pair = pairOnScreen();
     if (pair) navigator.sendBeacon("/prefloop/lease/release", pair);
   });
-})();
-""" % {"quiet": QUIET_MS, "heartbeat": HEARTBEAT_MS, "idle": IDLE_MS}
+"""
+_GUARD = (f"(() => {{\n  const QUIET_MS = {QUIET_MS}, HEARTBEAT_MS = {HEARTBEAT_MS}, IDLE_MS = {IDLE_MS};"
+          f"{_GUARD_BODY}}})();")
 
 
 def _run(key: str, script: str) -> None:
