@@ -26,7 +26,7 @@ Length is not quality: a short correct answer beats a long one with a mistake in
 - **Tie** — both are good and you cannot pick one.
 - **Both bad** — neither is acceptable (wrong, unsafe, off-topic, or cut off before answering).
 - **Skip** — you cannot judge this one (e.g. it needs expertise you do not have). It goes to someone else.
-- **Undo last** — takes back your last judgment and shows that pair again.
+- **Undo last** — takes back your last judgment (or skip) and shows that pair again as you left it.
 
 **Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength.
 Keys do nothing while you type in the rationale box: press `Tab` or click outside it first.

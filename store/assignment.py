@@ -52,7 +52,7 @@ class AssignmentMixin:
 
         The annotator's own live lease is served again (a reload shows the same pair); otherwise the first pair with
         room under its overlap target. `round_id` None means any round; `latest` means the latest round, whichever it
-        is when the transaction runs. Expired leases are dropped first, so abandoned pairs go back to the pool.
+        is when the transaction runs. Expired leases do not count, so abandoned pairs go back to the pool.
         """
         now = now or utcnow()
         with self.transaction("lease next pair") as con:
