@@ -1,7 +1,8 @@
 """The few scripts the app runs in the annotator's browser (our own code, never text from the store or a person).
 
 * `take_cookie` / `drop_cookie`: after a sign-in, trade the one-time grant for the HttpOnly session cookie; after a
-  sign-out, end the session and delete the cookie (`labeler/routes.py` says what protects the cookie).
+  sign-out, end the session and delete the cookie if it still names that session (`labeler/routes.py` says what
+  protects the cookie).
 * `label_page_guard`, installed once per tab on the Label page:
   - Key presses and clicks on the choice bar go through a quiet rule: a press of a choice key (A, B, T, X, S) is let
     through only if no choice key was pressed in the `QUIET_MS` before it; the same for U, 1 and 2, and for clicks on
@@ -94,9 +95,9 @@ def take_cookie(grant: str) -> None:
                    'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
 
 
-def drop_cookie() -> None:
-    _run("cookie", 'fetch("/prefloop/session/end", {method: "POST", credentials: "same-origin", cache: "no-store"})'
-                   '.catch(() => {});')
+def drop_cookie(session_id: str) -> None:
+    _run("cookie", f'fetch("/prefloop/session/end", {{method: "POST", body: {json.dumps(session_id)}, '
+                   'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
 
 
 def label_page_guard() -> None:

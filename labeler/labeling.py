@@ -24,6 +24,7 @@ store refuses it at once when the session has ended.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 import streamlit as st
@@ -42,7 +43,8 @@ def current_pair(store: Store, annotator: Annotator) -> dict | None:
     """The pair on screen: the one being edited from the history, else the leased one (leased now if need be)."""
     state = st.session_state
     if "pair" not in state:
-        _show(_lease_next(store, annotator))
+        with _signing_out_when_ended():
+            _show(_lease_next(store, annotator))
     if state["pair"] is None and state.get("round_id") is None:  # nothing to label: name the round it is about
         latest = store.get_round()
         state["round_id"] = latest["id"] if latest else None
@@ -85,6 +87,16 @@ def _show(pair: dict | None) -> None:
 
 def _lease_next(store: Store, annotator: Annotator) -> dict | None:
     return store.next_pair(annotator.id, latest=True, lease_seconds=LEASE_SECONDS, actor=current_actor())
+
+
+@contextmanager
+def _signing_out_when_ended():
+    """While the page renders: an ended session signs this tab out and shows the sign-in form with the reason."""
+    try:
+        yield
+    except SessionEnded as exc:
+        sign_out(str(exc))
+        st.rerun()
 
 
 def _reporting_errors(action):
@@ -204,7 +216,8 @@ def undo(store: Store, annotator: Annotator) -> None:
 
 def recent_judgments(store: Store, annotator: Annotator) -> list[dict]:
     """The history panel's rows: the annotator's last judgments with their choice in on-screen terms."""
-    rows = store.recent_judgments(annotator.id, HISTORY_LENGTH, actor=current_actor())
+    with _signing_out_when_ended():
+        rows = store.recent_judgments(annotator.id, HISTORY_LENGTH, actor=current_actor())
     for row in rows:
         row["screen_choice"] = screen_choice(row["choice"], row["shown_left"] or shown_left(row["pair_id"],
                                                                                             annotator.id))

@@ -4,7 +4,7 @@
 Streamlit script talks to the browser over a websocket and cannot set cookies; these routes can:
 
     POST /prefloop/session          body: a one-time grant -> Set-Cookie: prefloop_session=<secret>
-    POST /prefloop/session/end      ends the cookie's session and deletes the cookie
+    POST /prefloop/session/end      body: a session id -> ends it and deletes the cookie, if the cookie holds it
     POST /prefloop/lease/hold       body: pair id -> keeps the signed-in annotator's lease on it (the heartbeat)
     POST /prefloop/lease/release    body: pair id -> gives the lease on it back (sent when the tab closes)
 
@@ -83,9 +83,12 @@ async def set_cookie(request: Request) -> Response:
 
 
 async def end_session(request: Request) -> Response:
-    secret = request.cookies.get(COOKIE)
-    if secret:
-        await run_in_threadpool(_store().end_session, session_id_of(secret))
+    """End the cookie's session and delete the cookie, if it is the session the body names (a tab signing out of an
+    older session leaves a newer one, signed in from another tab of the same browser, alone)."""
+    secret, meant = request.cookies.get(COOKIE), await _body(request, 100)
+    if not secret or session_id_of(secret) != meant:
+        return JSONResponse({"ok": False})
+    await run_in_threadpool(_store().end_session, meant)
     response = JSONResponse({"ok": True})
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response

@@ -34,6 +34,7 @@ from labeler import browser
 from labeler.brake import SignInBrake, client_of_request
 from labeler.routes import COOKIE, grants
 from store import Actor, Annotator, SessionEnded, Store, StoreError
+from store.sessions import session_id_of
 from store.store import utcnow
 
 DEFAULT_DB = "data/prefloop.duckdb"
@@ -94,7 +95,7 @@ def _resume_from_cookie() -> None:
     state["cookie_tried"] = secret
     found = get_store().resume_session(secret)
     if found is None:
-        state["forget_cookie"] = True  # ended or expired: the browser may drop it
+        state["forget_cookie"] = session_id_of(secret)  # ended or expired: the browser may drop it
         return
     annotator, actor = found
     _remember(annotator, actor)
@@ -117,15 +118,15 @@ def _sign_in(annotator: Annotator) -> None:
 def sign_out(message: str | None = None) -> None:
     """End this session (server-side at once; the page then deletes the cookie) and forget who was signed in."""
     actor = st.session_state.get("actor")
-    if actor is not None:
-        try:
-            get_store().end_session(actor.session_id)
-        except StoreError:
-            pass  # the cookie is deleted below all the same; an unreachable store ends nothing worse
     tried = st.session_state.get("cookie_tried")
     st.session_state.clear()
     st.session_state["cookie_tried"] = tried
-    st.session_state["forget_cookie"] = True
+    if actor is not None:
+        st.session_state["forget_cookie"] = actor.session_id
+        try:
+            get_store().end_session(actor.session_id)
+        except StoreError:
+            pass  # the page asks the cookie route to end it as well
     if message:
         st.session_state["sign_in_message"] = message
 
@@ -169,12 +170,13 @@ def local_day_start() -> datetime:
 
 def browser_tasks() -> None:
     """What this run must tell the browser about the cookie: take it (after a sign-in) or drop it (after a sign-out
-    or when it named no live session)."""
+    or when it named no live session). Dropping names the session meant, so a stale tab signing out cannot end the
+    newer session another tab of the same browser signed in with since."""
     state = st.session_state
     if grant := state.pop("cookie_grant", None):
         browser.take_cookie(grant)
-    elif state.pop("forget_cookie", False):
-        browser.drop_cookie()
+    elif session_id := state.pop("forget_cookie", None):
+        browser.drop_cookie(session_id)
 
 
 # --- sign-in page -------------------------------------------------------------------------------------------------

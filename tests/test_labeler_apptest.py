@@ -496,3 +496,14 @@ def test_review_queries_count_progress_and_disagreements(store):
     assert (stats["bob"]["judgments"], stats["bob"]["judged_today"], stats["bob"]["median_seconds"]) == (3, 3, 10.0)
     assert stats["bob"]["per_hour"] == 360 and stats["carol"]["skips"] == 1 and stats["root"]["judgments"] == 0
     assert store.choice_counts(round_id) == {"a": 3, "b": 1, "tie": 1, "both_bad": 1}
+
+
+def test_an_ended_session_while_nothing_is_leased_signs_out_on_the_next_page_view(store):
+    make_round(store, simple_items(1, "ended"))
+    _, token = store.add_annotator("alice")
+    at = open_app(token)
+    button(at, "A better").click().run()
+    store.reset_token("alice")
+    button(at, "Check again").click().run()  # the page leases anew: the store refuses the ended session
+    assert not at.exception and "annotator" not in at.session_state
+    assert "Sign in again" in "\n".join(w.value for w in at.warning)

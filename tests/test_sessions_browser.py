@@ -205,3 +205,23 @@ def test_the_heartbeat_route_holds_a_lease_only_for_a_live_session(server, new_p
         outsider.close()
     store.reset_token("heartbeat-alice")  # ends the session: the cookie holds nothing any more
     assert page.request.post(f"{url}/prefloop/lease/hold", data=str(pair)).status == 403
+
+
+def test_a_stale_tab_signing_out_leaves_the_newer_session_alone(server, new_page):
+    url, store = server
+    _, pair_ids = make_round(store, simple_items(3, "stale"))
+    alice, token = store.add_annotator("stale-alice")
+    old_tab = new_page()
+    sign_in(old_tab, url, token)
+    new_token = store.reset_token("stale-alice")  # ends the session of the old tab
+    new_tab = old_tab.context.new_page()
+    sign_in(new_tab, url, new_token)  # the same browser signs in again: a new session, a new cookie
+    cookie = session_cookie(new_tab.context)
+    time.sleep(REPEAT_GUARD_SECONDS)
+    old_tab.keyboard.press("a")  # refused: the old tab signs out...
+    signed_out(old_tab)
+    old_tab.wait_for_timeout(1000)  # (its request to drop the cookie has come and gone)
+    assert session_cookie(new_tab.context)["value"] == cookie["value"]  # ...without touching the new session
+    new_tab.reload()
+    new_tab.get_by_text("Response A", exact=True).wait_for()
+    assert store.judgments(annotator_id=alice.id) == []
