@@ -225,3 +225,38 @@ def test_a_stale_tab_signing_out_leaves_the_newer_session_alone(server, new_page
     new_tab.reload()
     new_tab.get_by_text("Response A", exact=True).wait_for()
     assert store.judgments(annotator_id=alice.id) == []
+
+
+def test_the_page_holds_its_pair_while_used_and_lets_it_go_when_idle(server, new_page):
+    """The browser's heartbeat, on a fake clock: it renews the lease every HEARTBEAT_MS while there is input, and
+    stops after IDLE_MS without any, so the lease then lapses (LEASE_SECONDS later) and the pair goes back."""
+    from labeler.browser import HEARTBEAT_MS, IDLE_MS
+
+    url, store = server
+    make_round(store, simple_items(2, "idle"))
+    alice, token = store.add_annotator("idle-alice")
+    page = new_page()
+    page.clock.install()
+    sign_in(page, url, token)
+    pair = pair_on_screen(page)
+    expiry = "SELECT expires_at FROM leases WHERE annotator_id = ? AND pair_id = ?"
+
+    def expires() -> object:
+        return select(store, expiry, [alice.id, pair])[0]["expires_at"]
+
+    def beat_after(milliseconds: int) -> None:
+        page.clock.run_for(milliseconds)
+        page.wait_for_timeout(1500)  # the heartbeat's request reaches the server
+
+    first = expires()
+    page.mouse.move(200, 200)
+    beat_after(HEARTBEAT_MS + 1000)
+    held = expires()
+    assert held > first  # renewed while in use
+    beat_after(IDLE_MS)  # no input for IDLE_MS: the beats in between still renew, the last ones stop
+    idle = expires()
+    beat_after(2 * HEARTBEAT_MS)
+    assert expires() == idle  # idle: no renewal any more
+    page.mouse.move(300, 300)
+    beat_after(HEARTBEAT_MS + 1000)
+    assert expires() > idle  # back: renewed again
