@@ -1,8 +1,7 @@
 """The few scripts the app runs in the annotator's browser (our own code, never text from the store or a person).
 
-* `take_cookie` / `drop_cookie`: after a sign-in, trade the one-time grant for the HttpOnly session cookie; after a
-  sign-out, end the session and delete the cookie if it still names that session (`labeler/routes.py` says what
-  protects the cookie).
+* `cookie_tasks`: after a sign-in, trade the one-time grant for the HttpOnly session cookie; after a sign-out, end the
+  session and delete the cookie if it still names that session (`labeler/routes.py` says what protects the cookie).
 * `label_page_guard`, installed once per tab on the Label page:
   - Key presses and clicks on the choice bar go through a quiet rule: a press of a choice key (A, B, T, X, S) is let
     through only if no choice key was pressed in the `QUIET_MS` before it; the same for U, 1 and 2, and for clicks on
@@ -84,20 +83,25 @@ _GUARD = (f"(() => {{\n  const QUIET_MS = {QUIET_MS}, HEARTBEAT_MS = {HEARTBEAT_
           f"{_GUARD_BODY}}})();")
 
 
-def _run(key: str, script: str) -> None:
-    st.html(_HIDDEN, width="content")
+def _run(key: str, script: str | None) -> None:
+    """A hidden container, rendered on every run whether or not it has a script this time: the elements after it keep
+    their places, so Streamlit does not draw them anew (a form drawn anew shows twice for a moment)."""
+    st.html(_HIDDEN, width="content")  # style only: Streamlit puts it outside the page's flow
     with st.container(key=f"prefloop-js-{key}"):
-        st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
+        if script:
+            st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
 
 
-def take_cookie(grant: str) -> None:
-    _run("cookie", f'fetch("/prefloop/session", {{method: "POST", body: {json.dumps(grant)}, '
-                   'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
-
-
-def drop_cookie(session_id: str) -> None:
-    _run("cookie", f'fetch("/prefloop/session/end", {{method: "POST", body: {json.dumps(session_id)}, '
-                   'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
+def cookie_tasks(grant: str | None, drop_session: str | None) -> None:
+    """After a sign-in, trade the grant for the cookie; after a sign-out, drop the cookie if it holds that session."""
+    script = None
+    if grant:
+        script = (f'fetch("/prefloop/session", {{method: "POST", body: {json.dumps(grant)}, '
+                  'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
+    elif drop_session:
+        script = (f'fetch("/prefloop/session/end", {{method: "POST", body: {json.dumps(drop_session)}, '
+                  'credentials: "same-origin", cache: "no-store"}).catch(() => {});')
+    _run("cookie", script)
 
 
 def label_page_guard() -> None:

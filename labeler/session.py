@@ -173,10 +173,7 @@ def browser_tasks() -> None:
     or when it named no live session). Dropping names the session meant, so a stale tab signing out cannot end the
     newer session another tab of the same browser signed in with since."""
     state = st.session_state
-    if grant := state.pop("cookie_grant", None):
-        browser.take_cookie(grant)
-    elif session_id := state.pop("forget_cookie", None):
-        browser.drop_cookie(session_id)
+    browser.cookie_tasks(state.pop("cookie_grant", None), state.pop("forget_cookie", None))
 
 
 # --- sign-in page -------------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def sign_in(page, url: str, token: str, path: str = "") -> None:
     page.goto(f"{url}/{path}")
     page.get_by_label("Sign-in token", exact=True).fill(token)
     page.keyboard.press("Enter")
-    page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
+    page.wait_for_function("![...document.querySelectorAll('p')].some(p => p.innerText === 'Sign-in token')")
     deadline = time.monotonic() + 30
     while not any(c["name"] == "prefloop_session" for c in page.context.cookies()):
         assert time.monotonic() < deadline, "signed in, but the session cookie never came"
