@@ -9,6 +9,7 @@ is exactly as it was.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -202,3 +203,53 @@ def test_disabling_releases_the_pair_held(store, world):
     served = store.next_pair(alice.id, latest=True)
     store.set_annotator_disabled("alice", True)
     assert store.next_pair(world["bob"].id, latest=True)["id"] == served["id"]  # back in the pool at once
+
+
+# --- the cookie routes (labeler/routes.py), as an ASGI app in process -------------------------------------------------
+@pytest.fixture
+def post(db_path, monkeypatch):
+    """post(path, body, cookies) -> the routes' httpx.Response, served over https (so the cookie is Secure)."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from labeler.routes import ROUTES
+
+    monkeypatch.setenv("PREFLOOP_DB", str(db_path))
+    app = Starlette(routes=ROUTES)
+
+    def send(path: str, body: str, cookies: dict | None = None) -> httpx.Response:
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://prefloop.test",
+                                         cookies=cookies) as client:
+                return await client.post(path, content=body)
+
+        return asyncio.run(go())
+
+    return send
+
+
+def test_a_grant_buys_the_cookie_once(store, post, monkeypatch):
+    from labeler import routes
+
+    alice, _ = store.add_annotator("alice")
+    actor, secret = store.start_session(alice.id)
+    grant = routes.grants.issue(secret)
+    reply = post("/prefloop/session", grant)
+    assert reply.status_code == 200
+    cookie = reply.headers["set-cookie"]
+    assert cookie.startswith(f"{routes.COOKIE}={secret};")
+    for flag in ("HttpOnly", "SameSite=strict", "Secure", "Path=/", f"Max-Age={int(SESSION_MAX.total_seconds())}"):
+        assert flag in cookie
+    assert post("/prefloop/session", grant).status_code == 403  # used up
+    late = routes.grants.issue(secret)
+    monkeypatch.setitem(routes.grants.pending, late, (secret, time.monotonic() - 1))  # issued GRANT_SECONDS ago
+    assert post("/prefloop/session", late).status_code == 403  # expired
+
+    mine = {routes.COOKIE: secret}
+    assert post("/prefloop/session/end", "another-session", mine).json() == {"ok": False}
+    assert store.resume_session(secret) is not None  # a stale tab's sign-out leaves this session alone
+    reply = post("/prefloop/session/end", actor.session_id, mine)
+    assert reply.json() == {"ok": True} and store.resume_session(secret) is None
+    assert f'{routes.COOKIE}=""' in reply.headers["set-cookie"] and "Max-Age=0" in reply.headers["set-cookie"]
