@@ -35,7 +35,8 @@ from labeler.session import current_actor, sign_out
 from store import Annotator, Judgment, PairReassigned, SessionEnded, Store, StoreError
 
 REPEAT_GUARD_SECONDS = 0.5
-PROGRESS_REFRESH_SECONDS = 30
+PROGRESS_REFRESH_SECONDS = 30  # how old the progress counts may get on a page view
+PROGRESS_MAX_AGE_SECONDS = 300  # ... and on a run that carries a submit, skip or undo (which count themselves in)
 HISTORY_LENGTH = 10
 
 
@@ -53,13 +54,15 @@ def current_pair(store: Store, annotator: Annotator) -> dict | None:
 
 
 def progress(store: Store, annotator: Annotator, since: datetime) -> dict:
-    """The progress bar's counts, read from the store at most every PROGRESS_REFRESH_SECONDS (and whenever the
-    round or the day changes, or after a skip or an undo); in between, a submit counts itself in. This keeps the
-    query off the path from a submit to the next pair; other annotators' work shows up within the refresh time."""
+    """The progress bar's counts, read from the store when the round or the day changes, after a skip or an undo, and
+    when older than PROGRESS_REFRESH_SECONDS (PROGRESS_MAX_AGE_SECONDS on a run that carries an action); in between, a
+    submit counts itself in. This keeps the query off the path from a submit to the next pair; other annotators' work
+    shows up on the next page view after the refresh time."""
     state = st.session_state
     cached = state.get("progress")
+    max_age = PROGRESS_MAX_AGE_SECONDS if state.pop("acted", False) else PROGRESS_REFRESH_SECONDS
     if cached is None or cached["key"] != (state.get("round_id"), since) or \
-            time.monotonic() - cached["read_at"] > PROGRESS_REFRESH_SECONDS:
+            time.monotonic() - cached["read_at"] > max_age:
         counts = store.label_progress(annotator.id, state.get("round_id"), since)
         cached = state["progress"] = {**counts, "key": (state.get("round_id"), since), "read_at": time.monotonic()}
     return cached
@@ -101,15 +104,21 @@ def _signing_out_when_ended():
 
 def _reporting_errors(action):
     """Callbacks cannot show anything themselves: a store refusal becomes a message on the page, and an ended session
-    signs this tab out (the page then shows the sign-in form with the reason)."""
+    signs this tab out (the page then shows the sign-in form with the reason). An action that returns True went through
+    the store, which checked the session in its transaction: the page's periodic recheck starts over, so it stays off
+    the runs that carry a submit (see also `progress`)."""
 
     def wrapped(*args):
         try:
-            action(*args)
+            acted = action(*args)
         except SessionEnded as exc:
             sign_out(str(exc))
         except StoreError as exc:
             st.session_state["notice"] = ("error", str(exc))
+        else:
+            if acted:
+                st.session_state["acted"] = True
+                st.session_state["checked_at"] = time.monotonic()
 
     return wrapped
 
@@ -122,20 +131,20 @@ def screen_choice(choice: str, left: str) -> str:
 
 
 @_reporting_errors
-def submit(store: Store, annotator: Annotator, pair_id: int, choice_on_screen: str) -> None:
+def submit(store: Store, annotator: Annotator, pair_id: int, choice_on_screen: str) -> bool | None:
     state = st.session_state
     editing = state.get("editing")
     if editing is not None:
         if editing["pair"]["id"] == pair_id:
-            _save_edit(store, annotator, choice_on_screen)
-        return  # else: drawn for the pair the edit replaced on screen
+            return _save_edit(store, annotator, choice_on_screen)
+        return None  # else: drawn for the pair the edit replaced on screen
     pair = state.get("pair")
     if pair is None or pair["id"] != pair_id:
-        return  # drawn for a pair that is judged already
+        return None  # drawn for a pair that is judged already
     seconds = time.monotonic() - state["shown_at"][pair_id]
     if seconds < REPEAT_GUARD_SECONDS:
         state["notice"] = ("info", "Ignored a second press right after the pair appeared.")
-        return
+        return None
     judgment = _judgment(annotator, pair_id, choice_on_screen, round(seconds, 2))
     actor = current_actor()
     try:
@@ -148,11 +157,12 @@ def submit(store: Store, annotator: Annotator, pair_id: int, choice_on_screen: s
             state["shown_at"].pop(pair_id, None)
             state.pop("progress", None)
             _show(_lease_next(store, annotator))
-            return
+            return True
         _, upcoming = store.submit_and_next(judgment, latest=True, lease_seconds=LEASE_SECONDS, actor=actor)
     del state["shown_at"][pair_id]
     _count_submit()
     _show(upcoming)
+    return True
 
 
 def _judgment(annotator: Annotator, pair_id: int, choice_on_screen: str, seconds: float | None) -> Judgment:
@@ -170,20 +180,21 @@ def _judgment(annotator: Annotator, pair_id: int, choice_on_screen: str, seconds
 
 
 @_reporting_errors
-def skip(store: Store, annotator: Annotator, pair_id: int) -> None:
+def skip(store: Store, annotator: Annotator, pair_id: int) -> bool | None:
     state = st.session_state
     pair = state.get("pair")
     if state.get("editing") is not None or pair is None or pair["id"] != pair_id:
-        return
+        return None
     upcoming = store.skip_and_next(pair_id, annotator.id, latest=True, lease_seconds=LEASE_SECONDS,
                                    actor=current_actor())
     state["shown_at"].pop(pair_id, None)
     state.pop("progress", None)
     _show(upcoming)
+    return True
 
 
 @_reporting_errors
-def undo(store: Store, annotator: Annotator) -> None:
+def undo(store: Store, annotator: Annotator) -> bool:
     """Take back this annotator's latest judgment or skip and show its pair again as it was: the choice it had is
     named on screen, its strength and rationale filled in (the pair is leased anew and timed from now)."""
     state = st.session_state
@@ -191,7 +202,7 @@ def undo(store: Store, annotator: Annotator) -> None:
     undone = store.undo_last(annotator.id, LEASE_SECONDS, actor=current_actor())
     if undone is None:
         state["notice"] = ("info", "Nothing to undo in the open round.")
-        return
+        return True
     shown_at = state.setdefault("shown_at", {})
     shown_at.pop(undone["pair_id"], None)
     if state.get("pair") is not None:  # the pair on screen goes back to the pool; time it afresh if it comes back
@@ -200,18 +211,19 @@ def undo(store: Store, annotator: Annotator) -> None:
     if undone["pair"] is None:
         state["notice"] = ("info", f"Took back your skip of pair {undone['pair_id']}, but others have meanwhile given "
                                    "it all the judgments it needs.")
-        return
+        return True
     pair_id = undone["pair_id"]
     _show(undone["pair"])
     if undone["undone"] == "skip":
         state["notice"] = ("info", "Took back your skip; here is that pair again.")
-        return
+        return True
     state["strength"] = undone["strength"]
     state[f"rationale-{pair_id}"] = undone["rationale"] or ""
     left = undone["shown_left"] or shown_left(pair_id, annotator.id)
     state["restored"] = {"pair_id": pair_id, "choice": screen_choice(undone["choice"], left),
                          "strength": undone["strength"]}
     state["notice"] = ("info", "Took back your last judgment; here is that pair again as you left it.")
+    return True
 
 
 def recent_judgments(store: Store, annotator: Annotator) -> list[dict]:
@@ -242,7 +254,7 @@ def edit(store: Store, annotator: Annotator, pair_id: int) -> None:
     state["restored"] = {"pair_id": pair_id, "choice": screen_choice(row["choice"], left), "strength": row["strength"]}
 
 
-def _save_edit(store: Store, annotator: Annotator, choice_on_screen: str) -> None:
+def _save_edit(store: Store, annotator: Annotator, choice_on_screen: str) -> bool:
     state = st.session_state
     editing = state["editing"]
     pair_id = editing["pair"]["id"]
@@ -250,11 +262,13 @@ def _save_edit(store: Store, annotator: Annotator, choice_on_screen: str) -> Non
     store.submit_judgment(judgment, actor=current_actor())
     state["notice"] = ("info", f"Changed your judgment of pair {pair_id}.")
     _back_to_queue(store, annotator)
+    return True
 
 
 @_reporting_errors
-def cancel_edit(store: Store, annotator: Annotator) -> None:
+def cancel_edit(store: Store, annotator: Annotator) -> bool:
     _back_to_queue(store, annotator)
+    return True
 
 
 def _back_to_queue(store: Store, annotator: Annotator) -> None:

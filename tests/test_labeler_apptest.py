@@ -507,3 +507,30 @@ def test_an_ended_session_while_nothing_is_leased_signs_out_on_the_next_page_vie
     button(at, "Check again").click().run()  # the page leases anew: the store refuses the ended session
     assert not at.exception and "annotator" not in at.session_state
     assert "Sign in again" in "\n".join(w.value for w in at.warning)
+
+
+def test_a_submit_run_is_one_store_transaction(store, monkeypatch):
+    """Submit and the next pair's lease share one transaction, and the page's periodic reads (session recheck,
+    progress counts) stay off runs that carry an action, even when both are due."""
+    from store.db import Gate
+
+    _, pair_ids = make_round(store, simple_items(3, "one"))
+    _, token = store.add_annotator("alice")
+    at = open_app(token)
+    purposes = []
+    held = Gate.held
+
+    def counted(gate, purpose):
+        purposes.append(purpose)
+        return held(gate, purpose)
+
+    monkeypatch.setattr(Gate, "held", counted)
+    monkeypatch.setattr(session, "RECHECK_SECONDS", 1.0)
+    monkeypatch.setattr(labeling, "PROGRESS_REFRESH_SECONDS", 1.0)
+    time.sleep(1.1)  # both due
+    button(at, "A better").click().run()
+    assert screen_pair(at) == pair_ids[1] and purposes == ["submit judgment and lease next"]
+    purposes.clear()
+    time.sleep(1.1)
+    at.run()  # a page view without an action: now the due reads happen
+    assert sorted(purposes) == ["check session", "label progress"]
