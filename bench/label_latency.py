@@ -1,33 +1,40 @@
 """Label page latency: server-side time from a submit to the next pair rendered, with 1, 5 and 10 annotators at once,
-without and then with exports running back to back.
+without and then with exports running.
 
     .venv/bin/python bench/label_latency.py                  # 1, 5, 10 sessions; 40 submits each; both export modes
-    .venv/bin/python bench/label_latency.py --sessions 10 --submits 100 --think 2.0 --judgments 20000 --exports loop
+    .venv/bin/python bench/label_latency.py --sessions 10 --submits 60 --json docs/results/label_latency.json
 
 What is measured: each annotator session is the real app (`streamlit_app.py`) run by Streamlit's AppTest in its own
 process (AppTest keeps global state, so one session per process). After signing in, a session waits a random "think
 time" (exponential, mean --think seconds: far faster than people, who take 10-60 s per pair), presses "A better", and
-times that script run: the button callback (`submit_judgment`, then `next_pair` leasing the next pair) and the page
-render. That is the work the server does between receiving the click and having sent the next pair; network and
-browser painting are not included. AppTest's own overhead (a fresh script runner per run, parsing the output) is
-included, so the numbers err high. Also reported: how long each submit waited for the store's cross-process lock.
+times that script run: the button callback (`submit_and_next`: the judgment and the next pair's lease in one store
+transaction) and the page render. That is the work the server does between receiving the click and having sent the
+next pair; network and browser painting are not included. AppTest's own overhead (a fresh script runner per run,
+parsing the output) is included, so the numbers err high. Also reported per submit: how long it waited for the store's
+cross-process lock, and how long it held it (the transaction: attach, statements, commit, detach).
 
 With exports, another process runs `training.export.export` in a loop over a database holding --judgments judgments
-(built by bench/export_bench.py's `build`), so the UI competes with the export's read transaction for the database and
-with its dataset building for the CPU. Prints a markdown table. Goal: p95 <= 100 ms at 10 sessions on 2 cores.
+(built by bench/export_bench.py's `build`), so the UI competes with the export's reads (short transactions of
+`store.generation.EXPORT_CHUNK_PAIRS` pairs) for the database and with its dataset building for the CPU. The load
+average (`os.getloadavg`, as `uptime` shows it) is recorded before and after each run: on a shared machine it says
+more about the figures than anything else. Prints a markdown table; --json also writes the runs, the machine and the
+date. Goal: p95 <= 100 ms at 10 sessions on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,19 +59,22 @@ def open_round(store: Store, pairs: int) -> None:
     ])
 
 
-def _record_gate_waits() -> list[float]:
-    """Wrap the store's cross-process lock so this process records how long each transaction waited for it."""
-    waits = []
+def _record_gate() -> list[tuple[float, float]]:
+    """Wrap the store's cross-process lock so this process records (seconds waited, seconds held) per transaction."""
+    spans = []
     held = Gate.held
 
     @contextmanager
     def recorded(self, purpose):
         with held(self, purpose) as waited:
-            waits.append(waited)
-            yield waited
+            start = time.perf_counter()
+            try:
+                yield waited
+            finally:
+                spans.append((waited, time.perf_counter() - start))
 
     Gate.held = recorded
-    return waits
+    return spans
 
 
 def session(db: str, token: str, submits: int, think: float, seed: int, ready, results) -> None:
@@ -72,25 +82,24 @@ def session(db: str, token: str, submits: int, think: float, seed: int, ready, r
     os.environ["PREFLOOP_DB"] = db
     from streamlit.testing.v1 import AppTest
 
-    waits = _record_gate_waits()
+    spans = _record_gate()
     at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=60).run()
     at.text_input[0].input(token)
     next(b for b in at.button if b.label == "Sign in").click().run()
     ready.wait()
-    rng, times, waited = random.Random(seed), [], []
+    rng, timed = random.Random(seed), []
     for _ in range(submits):
         time.sleep(max(0.6, rng.expovariate(1 / think)))  # at least the double-click guard (0.5 s)
         pair = at.session_state["pair"]
         if pair is None:
             raise RuntimeError("ran out of pairs")
-        waits.clear()
+        spans.clear()
         start = time.perf_counter()
         next(b for b in at.button if b.label == "A better").click().run()
-        times.append(time.perf_counter() - start)
-        waited.append(sum(waits))
+        timed.append((time.perf_counter() - start, sum(w for w, _ in spans), sum(h for _, h in spans), len(spans)))
         if at.session_state["pair"] is not None and at.session_state["pair"]["id"] == pair["id"]:
             raise RuntimeError(f"pair {pair['id']} was not judged: {[e.value for e in at.error]}")
-    results.put((times, waited))
+    results.put(timed)
 
 
 def export_loop(db: str, output_dir: str, stop, results) -> None:
@@ -100,11 +109,12 @@ def export_loop(db: str, output_dir: str, stop, results) -> None:
 
     disable_progress_bars()
     store, durations = Store(db), []
+    spans = _record_gate()
     while not stop.is_set():
         start = time.perf_counter()
         export(store, ExportConfig(output_dir=output_dir, name=f"latency-{len(durations)}-{os.getpid()}"))
         durations.append(time.perf_counter() - start)
-    results.put(durations)
+    results.put((durations, max((h for _, h in spans), default=0.0)))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -124,24 +134,33 @@ def run(db: Path, sessions: int, submits: int, think: float, exports: bool, tmp:
     for process in workers:
         process.start()
     ready.wait()
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    times, waited = [], []
-    for _ in range(sessions):
-        session_times, session_waits = results.get()
-        times += session_times
-        waited += session_waits
+    timed = [t for _ in range(sessions) for t in results.get()]
     elapsed = time.perf_counter() - start
+    load_after = os.getloadavg()[0]
     stop.set()
-    export_times = export_results.get() if exports else []
+    export_times, export_longest_hold = export_results.get() if exports else ([], 0.0)
     for process in workers:
         process.join()
+    total, waited, held, transactions = (list(column) for column in zip(*timed))
+    ms = lambda seconds: round(1000 * seconds, 1)  # noqa: E731
     return {
-        "sessions": sessions, "exports": "loop" if exports else "none", "submits": len(times),
-        "per_s": len(times) / elapsed, "p50_ms": 1000 * statistics.median(times),
-        "p95_ms": 1000 * percentile(times, 0.95), "max_ms": 1000 * max(times),
-        "wait_p50_ms": 1000 * statistics.median(waited), "wait_p95_ms": 1000 * percentile(waited, 0.95),
-        "exports_done": len(export_times),
+        "sessions": sessions, "exports": "loop" if exports else "none", "submits": len(total),
+        "per_s": round(len(total) / elapsed, 2), "p50_ms": ms(statistics.median(total)),
+        "p95_ms": ms(percentile(total, 0.95)), "max_ms": ms(max(total)),
+        "wait_p50_ms": ms(statistics.median(waited)), "wait_p95_ms": ms(percentile(waited, 0.95)),
+        "held_p50_ms": ms(statistics.median(held)), "held_p95_ms": ms(percentile(held, 0.95)),
+        "transactions_per_submit": max(transactions), "exports_done": len(export_times),
+        "export_longest_hold_ms": ms(export_longest_hold), "load_1min": [round(load_before, 2), round(load_after, 2)],
     }
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
 def main() -> None:
@@ -152,8 +171,10 @@ def main() -> None:
     parser.add_argument("--judgments", type=int, default=20_000, help="judgments in the database the exports read")
     parser.add_argument("--exports", choices=["loop", "none", "both"], default="both",
                         help="run exports back to back during the measurement, not at all, or both in turn")
+    parser.add_argument("--json", type=Path, help="also write the runs, machine and date here")
     args = parser.parse_args()
     modes = {"loop": [True], "none": [False], "both": [False, True]}[args.exports]
+    runs = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         db = tmp / "latency.duckdb"
@@ -161,19 +182,25 @@ def main() -> None:
         build(store, args.judgments)
         # Each session leases one pair when it signs in and one after its last submit.
         open_round(store, pairs=len(modes) * sum(args.sessions) * (args.submits + 2) + 10)
-        start = time.perf_counter()
-        held = len(store.export_rows())
-        print(f"{store.count_judgments()} judgments; an export holds the database {time.perf_counter() - start:.2f} s "
-              f"to read {held} pairs")
+        print(f"{machine()}; {store.count_judgments()} judgments")
         print("| sessions | exports | submits | submits/s | p50 ms | p95 ms | max ms | lock wait p50 / p95 ms "
-              "| exports done |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+              "| in store p50 / p95 ms | exports done | load |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for exports in modes:
             for sessions in args.sessions:
                 r = run(db, sessions, args.submits, args.think, exports, tmp)
+                runs.append(r)
                 print(f"| {r['sessions']} | {r['exports']} | {r['submits']} | {r['per_s']:.1f} | {r['p50_ms']:.0f} "
                       f"| {r['p95_ms']:.0f} | {r['max_ms']:.0f} | {r['wait_p50_ms']:.0f} / {r['wait_p95_ms']:.0f} "
-                      f"| {r['exports_done']} |", flush=True)
+                      f"| {r['held_p50_ms']:.0f} / {r['held_p95_ms']:.0f} | {r['exports_done']} "
+                      f"| {r['load_1min'][0]:.1f} → {r['load_1min'][1]:.1f} |", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "bench/label_latency.py", "command": " ".join(["bench/label_latency.py", *sys.argv[1:]]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+            "judgments": args.judgments, "think_seconds": args.think, "runs": runs,
+        }, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def judge_as_disagreements(store: Store, name: str, pair_ids: tuple[int, int]) -
     for judge, choice in (("one", "a"), ("two", "b")):
         annotator = store.ensure_annotator(f"bench-{name}-{judge}", "simulated")
         for pair_id in pair_ids:
-            store.lease_pair(pair_id, annotator.id)
+            store.hold_pair(annotator.id, pair_id)
             store.submit_judgment(Judgment(pair_id, annotator.id, choice, shown_left="a"))
 
 

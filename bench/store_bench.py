@@ -9,10 +9,11 @@ Run from the repository root (prints markdown tables for docs/benchmarks.md):
 
 Writers: N processes, one annotator each, submit judgments as fast as they can for `--writer-seconds`. Every submit is
 one gated transaction (store/db.py), so this measures the cost of taking the gate and opening the file per unit of
-work, and how fairly the gate is shared (fewest and most submits of one process). A second table splits each submit
-into its phases (`Phases`: waiting in the queue, waiting for the lock, ATTACH, the statements, COMMIT, which
-checkpoints into the file, and DETACH), timed by wrapping the gate and the attach in the writer processes; the store's
-code is not changed.
+work, and how fairly the gate is shared (fewest and most submits of one process). A writer's first judgment of a pair
+needs its lease, so it holds the pair first (timed apart as "hold"); the seed pairs' overlap target leaves room for
+every writer; later rounds through the pairs are updates. A second table splits each submit into its phases (`Phases`:
+waiting in the queue, waiting for the lock, ATTACH, the statements, COMMIT, which checkpoints into the file, and
+DETACH), timed by wrapping the gate and the attach in the writer processes; the store's code is not changed.
 
 Soak: UI-like labelers (next_pair, a short think, submit_judgment), an exporter (export_rows: every judged pair joined
 with its prompt and responses, plus status) and a bulk inserter (prompts, then candidate responses and pairs in
@@ -77,10 +78,10 @@ def add_candidate_pairs(store: Store, round_id: int, n: int, tag: str) -> list[i
     return store.add_candidates(round_id, "samples", candidates).pair_ids
 
 
-def prepare(path: Path, seed_pairs: int) -> tuple[int, list[int]]:
+def prepare(path: Path, seed_pairs: int, overlap: int = 1) -> tuple[int, list[int]]:
     store = Store(path)
     checkpoint = store.register_checkpoint("base", "bench-model")
-    round_id = store.new_round(checkpoint)
+    round_id = store.new_round(checkpoint, overlap_target=overlap)
     pair_ids = []
     for start in range(0, seed_pairs, 500):
         pair_ids += add_candidate_pairs(store, round_id, min(500, seed_pairs - start), f"seed{start}")
@@ -181,10 +182,12 @@ def writer(path, lock_timeout, annotator_id, pair_ids, start_at, seconds, result
     wait_until(start_at)
     i = 0
     while time.time() < start_at + seconds:
+        pair_id = pair_ids[i % len(pair_ids)]
+        if i < len(pair_ids):
+            tally.timed("hold", store.hold_pair, annotator_id, pair_id)
         phases.current = {}
         start = time.perf_counter()
-        judgment = Judgment(pair_ids[i % len(pair_ids)], annotator_id, "a")
-        if tally.timed("submit", store.submit_judgment, judgment) is not None:
+        if tally.timed("submit", store.submit_judgment, Judgment(pair_id, annotator_id, "a")) is not None:
             phases.finish(time.perf_counter() - start)
         i += 1
     results.put(tally.__dict__ | {"phases": phases.records})
@@ -353,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     config = from_args(BenchConfig, parser.parse_args(argv))
     scratch = tempfile.TemporaryDirectory(prefix="store-bench-")
     path = Path(config.db) if config.db else Path(scratch.name) / "bench.duckdb"
-    round_id, pair_ids = prepare(path, config.seed_pairs)
+    round_id, pair_ids = prepare(path, config.seed_pairs, overlap=max(config.writers, default=1))
     print(f"# store bench {date.today()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     if config.writers:
         print(f"\nWriters ({config.writer_seconds:.0f} s per level, {len(pair_ids)} pairs):\n", flush=True)

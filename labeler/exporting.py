@@ -11,7 +11,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from store import Store
+from store import Actor, Store
 
 EXPORTS_FOLDER = "exports"  # under the database's folder
 ROW_SPLITS = ("train", "test", "train_negatives", "test_negatives")
@@ -22,13 +22,14 @@ def exports_dir(store: Store) -> Path:
     return store.path.parent / EXPORTS_FOLDER
 
 
-def export_dataset(store: Store, scope: str, name: str | None, both_bad: str) -> dict:
-    """Build, write and register one export of `scope` (a round number, 'latest' or 'all'); returns its id, name,
-    path and counts. Raises StoreError or ValueError (a bad name, nothing to export) with a message to show."""
+def export_dataset(store: Store, scope: str, name: str | None, both_bad: str, actor: Actor | None = None) -> dict:
+    """Build, write and register one export of `scope` (a round number, 'latest' or 'all') as `actor` (the signed-in
+    admin, checked by the store); returns its id, name, path and counts. Raises StoreError or ValueError (a bad name,
+    nothing to export) with a message to show."""
     from training.export import ExportConfig, export
 
     config = ExportConfig(name=name, round=scope, both_bad=both_bad, output_dir=str(exports_dir(store)))
-    return export(store, config)
+    return export(store, config, actor=actor)
 
 
 def summary(counts: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from labeler.render import inert_markdown
+from labeler.session import act
 from store import Annotator, Store
 
 SETTING = "guidelines"
@@ -30,7 +31,7 @@ Length is not quality: a short correct answer beats a long one with a mistake in
 - **Tie** — both are good and you cannot pick one.
 - **Both bad** — neither is acceptable (wrong, unsafe, off-topic, or cut off before answering).
 - **Skip** — you cannot judge this one (e.g. it needs expertise you do not have). It goes to someone else.
-- **Undo last** — takes back your last judgment and shows that pair again.
+- **Undo last** — takes back your last judgment (or skip) and shows that pair again as you left it.
 
 **Keyboard.** Every button shows its key: `A`, `B`, `T`, `X`, `S` (skip), `U` (undo); `1` / `2` set the strength;
 `V` shows the exact characters (raw text), `E` expands long texts. Keys do nothing while you type in the rationale box:
@@ -57,7 +58,7 @@ def guidelines_panel(store: Store, annotator: Annotator, expanded: bool = False)
         st.markdown(inert_markdown(text))
         if annotator.is_admin:
             edited = st.text_area("Edit the guidelines (markdown; admins only)", value=text, height=300)
-            if st.button("Save guidelines", icon=":material/save:") and edited != text:
-                store.set_setting(SETTING, edited)
+            if st.button("Save guidelines", icon=":material/save:") and edited != text and \
+                    act(store.set_setting, SETTING, edited):
                 _load.clear()
                 st.rerun()

@@ -21,19 +21,6 @@ class ReviewMixin:
             ).fetchone()
         return Annotator(*row) if row else None
 
-    def lease_pair(self, pair_id: int, annotator_id: int, lease_seconds: float = 600) -> dict | None:
-        """Lease one given pair to this annotator again (the pair an undo reopened) and return it with its texts."""
-        with self.transaction("lease pair again") as con:
-            pair = _pair_with_texts(con, pair_id)
-            if pair is None:
-                return None
-            con.execute(
-                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (pair_id, annotator_id) "
-                "DO UPDATE SET expires_at = excluded.expires_at",
-                [pair_id, annotator_id, utcnow() + timedelta(seconds=lease_seconds)],
-            )
-            return pair
-
     def label_progress(self, annotator_id: int, round_id: int | None, since: datetime) -> dict:
         """The label page's progress bar: this annotator's judgments since `since`, and how many judgments the
         round's pairs still need (`round_id` None: every round)."""

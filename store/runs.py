@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from store.db import StoreError
+from store.sessions import Actor, authorize
 from store.store import canonical_json, rows_as_dicts, utcnow
 
 CHECKPOINT_KINDS = ("base", "sft", "dpo", "reward", "ppo", "rloo", "merged")
@@ -93,8 +94,11 @@ class RunsMixin:
             return rows_as_dicts(con.execute("SELECT * FROM rounds ORDER BY id"))
 
     # --- exports, training runs, evaluation -------------------------------------------------------------------
-    def register_export(self, name: str, path: str, round_id: int | None, policy: dict, counts: dict) -> int:
+    def register_export(self, name: str, path: str, round_id: int | None, policy: dict, counts: dict,
+                        actor: Actor | None = None) -> int:
+        """Record an export written to `path`; an `actor` must be a live admin."""
         with self.transaction("register export") as con:
+            authorize(con, actor, ("admin",))
             if con.execute("SELECT 1 FROM exports WHERE name = ?", [name]).fetchone():
                 raise StoreError(f"an export named {name!r} already exists")
             return con.execute(

@@ -130,10 +130,16 @@ def wait_idle(page) -> None:
 
 
 def sign_in(page, url: str, token: str, path: str = "") -> None:
+    """Sign in through the form, and wait until the browser holds the session cookie (so the next page load, tab or
+    typed link is signed in too)."""
     page.goto(f"{url}/{path}")
     page.get_by_label("Sign-in token", exact=True).fill(token)
     page.keyboard.press("Enter")
-    page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
+    page.wait_for_function("![...document.querySelectorAll('p')].some(p => p.innerText === 'Sign-in token')")
+    deadline = time.monotonic() + 30
+    while not any(c["name"] == "prefloop_session" for c in page.context.cookies()):
+        assert time.monotonic() < deadline, "signed in, but the session cookie never came"
+        time.sleep(0.05)
     wait_idle(page)
 
 

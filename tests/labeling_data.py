@@ -3,7 +3,7 @@ screen), written with `insert_rows` like a store method would."""
 
 from __future__ import annotations
 
-from store import PromptIn, ResponseIn, Store
+from store import Judgment, PromptIn, ResponseIn, Store
 from store.prompts import insert_rows, pair_hash, prompt_hash
 from store.store import utcnow
 
@@ -51,3 +51,10 @@ def simple_items(n: int, tag: str) -> list[tuple[list[dict], str, str]]:
          f"{tag} answer {i}a: it is {2 * i}.", f"{tag} answer {i}b: it is {2 * i + 1}.")
         for i in range(n)
     ]
+
+
+def judge(store: Store, judgment: Judgment) -> int:
+    """Record a judgment the way the app does: lease the pair to its annotator, then submit (a new judgment needs the
+    annotator's live lease; a re-submit is an update and needs none)."""
+    store.hold_pair(judgment.annotator_id, judgment.pair_id)
+    return store.submit_judgment(judgment)

@@ -31,7 +31,7 @@ def admin_app(store, page: str) -> AppTest:
 
 
 def judge(store, pair_id: int, annotator_id: int, choice: str, **fields) -> None:
-    store.lease_pair(pair_id, annotator_id)
+    store.hold_pair(annotator_id, pair_id)
     store.submit_judgment(Judgment(pair_id, annotator_id, choice, shown_left="a", **fields))
 
 

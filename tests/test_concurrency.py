@@ -17,9 +17,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from store import CHOICES, Judgment, Store, StoreBusy
+from store import CHOICES, Judgment, PairReassigned, Store, StoreBusy
 from store.prompts import insert_rows
 from store.store import canonical_json, sha256_hex, utcnow
+from tests.labeling_data import judge
 
 SPAWN = mp.get_context("spawn")
 STRESS_SECONDS = 30
@@ -111,7 +112,11 @@ def writer(path, annotator_id, pair_ids, shared_annotator_id, shared_pair_ids, s
         if pair_id is None:  # a resubmit of one of this writer's own judgments
             pair_id = rng.choice(done)
         choice = rng.choice(CHOICES)
-        store.submit_judgment(Judgment(pair_id, by, choice, seconds_spent=1.0))
+        store.hold_pair(by, pair_id)  # a new judgment needs its annotator's lease (a resubmit, an update, does not)
+        try:
+            store.submit_judgment(Judgment(pair_id, by, choice, seconds_spent=1.0))
+        except PairReassigned:  # another writer moved the shared annotator's one lease to its own pair meanwhile
+            continue
         ack(fd, pair_id, by, choice)
     os.close(fd)
 
@@ -195,13 +200,16 @@ BATCH = 50
 
 
 def killable_writer(path, mode, annotator_id, pair_ids, ack_path):
-    """Submits one judgment per transaction ("submit") or BATCH judgments per transaction ("batch"), acking each."""
+    """Submits one judgment per transaction, leasing the next pair in the same one as the app does ("submit"), or
+    BATCH judgments per transaction ("batch"), acking each."""
     store = Store(path, migrate=False)
     fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     if mode == "submit":
-        for pair_id in pair_ids:
-            store.submit_judgment(Judgment(pair_id, annotator_id, "a"))
-            ack(fd, pair_id)
+        pair = store.next_pair(annotator_id)
+        while pair is not None:
+            _, upcoming = store.submit_and_next(Judgment(pair["id"], annotator_id, "a"))
+            ack(fd, pair["id"])
+            pair = upcoming
         return
     for start in range(0, len(pair_ids), BATCH):
         batch = pair_ids[start : start + BATCH]
@@ -239,7 +247,7 @@ def test_sigkilled_writer_loses_no_acknowledged_write(store, db_path, tmp_path, 
     assert set(acked) <= stored
     per_transaction = 1 if mode == "submit" else BATCH
     assert len(stored) in (len(acked), len(acked) + per_transaction)  # the write in flight is all there or absent
-    reopened.submit_judgment(Judgment(pair_ids[-1], annotator, "tie"))  # and the database takes writes again
+    judge(reopened, Judgment(pair_ids[-1], annotator, "tie"))  # and the database takes writes again
     assert reopened.count_judgments() == len(stored | {pair_ids[-1]})
 
 
@@ -268,7 +276,7 @@ def test_sigkill_inside_a_transaction_leaves_nothing_and_does_not_block(store, d
 
     reopened = Store(db_path, lock_timeout=2)
     assert reopened.count_judgments() == 0
-    reopened.submit_judgment(Judgment(pair_ids[0], annotator, "a"))
+    judge(reopened, Judgment(pair_ids[0], annotator, "a"))
     assert reopened.count_judgments() == 1
 
 

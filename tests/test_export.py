@@ -35,8 +35,12 @@ class Fixture:
         return summary.pair_ids[0]
 
     def judge(self, pair_id: int, *choices: str, strengths: tuple = ()) -> int:
-        for annotator, choice, strength in zip(self.annotators, choices, strengths or (None,) * len(choices)):
-            self.store.submit_judgment(Judgment(pair_id, annotator, choice, strength=strength))
+        """Judgments in bulk: constructed states include more judgments than the overlap target (an older database
+        or an import can hold them; `submit_judgment` refuses them)."""
+        self.store.add_judgments_bulk([
+            Judgment(pair_id, annotator, choice, strength=strength)
+            for annotator, choice, strength in zip(self.annotators, choices, strengths or (None,) * len(choices))
+        ])
         return pair_id
 
     def export(self, **overrides) -> dict:

@@ -10,8 +10,8 @@ from training.cli import main
 from training.config import ConfigError
 from training.generate import ROUND_SEED_STRIDE, GenerateConfig, generate
 from training.pair_selection import eligible_pairs, select_pair, shuffle_sides
-from training.sampling import Sample
 from training.rounds import start_round
+from training.sampling import Sample
 
 MAX_NEW_TOKENS = 12
 
@@ -298,8 +298,8 @@ def test_static_decoder_greedy_matches_generate(chatty_model_dir):
     import torch
 
     from training.decode import StaticDecoder
-    from training.sampling import chat_inputs
     from training.models import load_for_generation
+    from training.sampling import chat_inputs
 
     model, tokenizer = load_for_generation({"id": None, "base_model": str(chatty_model_dir), "adapter_path": None})
     pad, new_tokens = tokenizer.pad_token_id, 40
@@ -371,8 +371,8 @@ def test_decode_step_never_reads_back_to_the_host(tiny_model_dir):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from training.decode import StaticDecoder
-    from training.sampling import chat_inputs
     from training.models import load_for_generation
+    from training.sampling import chat_inputs
 
     class Record(TorchDispatchMode):
         def __init__(self):

@@ -15,7 +15,7 @@ from labeler import labeling, session
 from labeler.guidelines import SETTING
 from labeler.render import inert_markdown, shown_left
 from store import Judgment
-from tests.labeling_data import make_round, simple_items
+from tests.labeling_data import judge, make_round, simple_items
 from training.cli import main as prefloop
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
@@ -107,17 +107,15 @@ def test_admin_reaches_every_admin_page(store):
         assert at.title[0].value == title
 
 
-def test_disabling_signs_a_session_out(store, monkeypatch):
+def test_disabling_signs_a_session_out(store):
     make_round(store, simple_items(2, "disable"))
     alice, token = store.add_annotator("alice")
     at = open_app(token)
     store.set_annotator_disabled("alice", True)
-    button(at, "A better").click().run()  # the store refuses the judgment of a disabled annotator
-    assert "is disabled" in errors(at)[0] and store.judgments(annotator_id=alice.id) == []
-    monkeypatch.setattr(session, "RECHECK_SECONDS", 0.0)
-    at.run()
-    assert "annotator" not in at.session_state
-    assert "disabled or changed" in "\n".join(w.value for w in at.warning)
+    button(at, "A better").click().run()  # the store refuses the judgment in the submit's own transaction
+    assert store.judgments(annotator_id=alice.id) == []
+    assert "annotator" not in at.session_state and at.text_input[0].label == "Sign-in token"  # signed out at once
+    assert "'alice' is disabled" in "\n".join(w.value for w in at.warning)
 
 
 def test_oidc_sign_in_maps_the_email_to_an_annotator(store):
@@ -222,6 +220,124 @@ def test_undo_takes_back_the_last_judgment_and_shows_its_pair(store):
         (pair_ids[2], stored_a(pair_ids[2], alice.id))]
 
 
+def test_undo_restores_choice_strength_and_rationale(store):
+    _, pair_ids = make_round(store, simple_items(3, "restore"))
+    alice, token = store.add_annotator("alice")
+    at = open_app(token)
+    button(at, "Clear").click().run()
+    at.text_input(key=f"rationale-{pair_ids[0]}").input("B adds the numbers right")
+    button(at, "B better").click().run()
+    assert screen_pair(at) == pair_ids[1]
+    button(at, "Undo last").click().run()
+    assert screen_pair(at) == pair_ids[0] and store.judgments(annotator_id=alice.id) == []
+    assert at.session_state["strength"] == "clear"  # the Clear button shows as selected again
+    assert at.text_input(key=f"rationale-{pair_ids[0]}").value == "B adds the numbers right"
+    assert "Before the undo you chose **B better** (clear) for this pair." in texts(at)
+    button(at, "B better").click().run()  # confirmed as it was, with one press
+    [row] = store.judgments(annotator_id=alice.id)
+    assert (row["choice"], row["strength"], row["rationale"]) == (stored_b(pair_ids[0], alice.id), "clear",
+                                                                  "B adds the numbers right")
+    assert screen_pair(at) == pair_ids[1] and "Before the undo" not in texts(at)
+
+
+def test_undo_takes_back_a_skip(store):
+    _, pair_ids = make_round(store, simple_items(3, "unskip"))
+    alice, token = store.add_annotator("alice")
+    bob, _ = store.add_annotator("bob")
+    at = open_app(token)
+    button(at, "A better").click().run()
+    button(at, "Skip").click().run()
+    assert screen_pair(at) == pair_ids[2]
+    button(at, "Undo last").click().run()  # the skip, not the judgment before it
+    assert screen_pair(at) == pair_ids[1] and "Took back your skip" in texts(at)
+    assert [r["pair_id"] for r in store.judgments(annotator_id=alice.id)] == [pair_ids[0]]
+    assert store.next_pair(bob.id)["id"] == pair_ids[2]  # the pair alice had on screen went back to the pool
+    button(at, "Tie").click().run()
+    assert [(r["pair_id"], r["choice"]) for r in store.judgments(annotator_id=alice.id)] == [
+        (pair_ids[0], stored_a(pair_ids[0], alice.id)), (pair_ids[1], "tie")]
+    assert at.session_state["pair"] is None  # pair 3 is bob's now
+
+
+def test_history_changes_a_past_judgment(store):
+    _, pair_ids = make_round(store, simple_items(3, "history"))
+    alice, token = store.add_annotator("alice")
+    at = open_app(token)
+    at.text_input(key=f"rationale-{pair_ids[0]}").input("first thought")
+    button(at, "A better").click().run()
+    button(at, "Tie").click().run()
+    at.session_state["history"] = True  # the expander, opened
+    at.run()
+    shown = [t.value for t in at.text]
+    assert shown[0].startswith(f"Pair {pair_ids[1]} · Tie · history question 1") and \
+        shown[1].startswith(f"Pair {pair_ids[0]} · A better · history question 0") and "first thought" in shown[1]
+    at.button(key=f"edit-{pair_ids[0]}").click().run()
+    assert screen_pair(at) == pair_ids[2] and at.session_state["editing"]["pair"]["id"] == pair_ids[0]
+    assert "You chose **A better** for this pair." in texts(at)
+    assert at.text_input(key=f"rationale-{pair_ids[0]}").value == "first thought"
+    button(at, "Both bad").click().run()  # saves the change, then back to the pair being labeled
+    assert "editing" not in at.session_state and "Changed your judgment of pair" in texts(at)
+    rows = {r["pair_id"]: r for r in store.judgments(annotator_id=alice.id)}
+    assert (rows[pair_ids[0]]["choice"], rows[pair_ids[0]]["rationale"]) == ("both_bad", "first thought")
+    assert len(rows) == 2 and store.get_pair(pair_ids[2])["status"] == "open"
+    button(at, "A better").click().run()  # the pair that was on screen before the edit, still held
+    assert sorted(store.judgments(annotator_id=alice.id), key=lambda r: r["pair_id"])[-1]["pair_id"] == pair_ids[2]
+
+    make_round(store, simple_items(1, "next round"))  # a newer round: the old judgments no longer change
+    at.run()
+    assert all(b.disabled for b in at.button if b.key and b.key.startswith("edit-"))
+
+
+def test_a_pair_taken_over_while_away_is_said_and_the_next_one_shown(store):
+    _, pair_ids = make_round(store, simple_items(3, "away"))
+    alice, token = store.add_annotator("alice")
+    bob, _ = store.add_annotator("bob")
+    at = open_app(token)
+    assert screen_pair(at) == pair_ids[0]
+    store.release_lease(alice.id)  # the tab was closed, say, and bob took the pair and judged it
+    judge(store, Judgment(pair_ids[0], bob.id, "b"))
+    button(at, "A better").click().run()
+    assert "This pair was reassigned" in errors(at)[0] and screen_pair(at) == pair_ids[1]
+    assert store.judgments(annotator_id=alice.id) == []
+
+    store.release_lease(alice.id)  # lapsed again, but this time nobody needed the pair: the choice is recorded
+    button(at, "A better").click().run()
+    assert [r["pair_id"] for r in store.judgments(annotator_id=alice.id)] == [pair_ids[1]] and not errors(at)
+
+
+def test_an_admin_disabled_while_on_the_annotators_page_cannot_act(store):
+    _, token = store.add_annotator("root", "admin")
+    other, _ = store.add_annotator("other-root", "admin")
+    at = open_app(token).switch_page("labeler/pages/annotators.py").run()
+    store.set_annotator_disabled("root", True, actor=store.start_session(other.id)[0])
+    at.text_input[0].input("mallory")
+    at.selectbox[0].select("admin")
+    button(at, "Create").click().run()
+    assert store.get_annotator("mallory") is None
+    assert "annotator" not in at.session_state and "'root' is disabled" in "\n".join(w.value for w in at.warning)
+
+
+def test_a_lowered_role_loses_the_admin_pages_at_the_next_run(store):
+    _, token = store.add_annotator("root", "admin")
+    at = open_app(token).switch_page("labeler/pages/annotators.py").run()
+    assert at.title[0].value == "Annotators"
+    store.set_annotator_role("root", "annotator")
+    at.run()
+    assert errors(at) == ["This page is for admins only. Ask an admin if you need something from it."]
+    assert at.session_state["annotator"].role == "annotator"
+
+
+def test_an_idle_tab_notices_an_ended_session_within_the_recheck_time(store, monkeypatch):
+    make_round(store, simple_items(1, "idle"))
+    _, token = store.add_annotator("alice")
+    at = open_app(token)
+    store.reset_token("alice")
+    at.run()
+    assert at.session_state["annotator"].name == "alice"  # nothing asked the store yet
+    monkeypatch.setattr(session, "RECHECK_SECONDS", 0.0)
+    at.run()
+    assert "annotator" not in at.session_state and "Sign in again" in "\n".join(w.value for w in at.warning)
+
+
 def test_guidelines_are_edited_by_admins_only(store):
     make_round(store, simple_items(1, "guide"))
     _, admin_token = store.add_annotator("root", "admin")
@@ -262,8 +378,8 @@ def test_review_page_adjudicates_a_disagreement(store):
     bob, _ = store.add_annotator("bob")
     carol, _ = store.add_annotator("carol")
     for annotator, choice in ((bob, "a"), (carol, "b")):
-        store.submit_judgment(Judgment(pair_ids[1], annotator.id, choice, shown_left="a"))
-    store.submit_judgment(Judgment(pair_ids[0], bob.id, "a", shown_left="a"))  # one judgment: nothing to review
+        judge(store, Judgment(pair_ids[1], annotator.id, choice, shown_left="a"))
+    judge(store, Judgment(pair_ids[0], bob.id, "a", shown_left="a"))  # one judgment: nothing to review
     at = open_app(token).switch_page("labeler/pages/review.py").run()
     assert at.selectbox[0].options == [f"pair {pair_ids[1]}"]
     assert "review question 1: what is 1 + 1?" in texts(at)
@@ -281,7 +397,7 @@ def test_data_page_imports_and_exports(store, tmp_path):
     _, token = store.add_annotator("root", "admin")
     alice, _ = store.add_annotator("alice")
     for pair_id in pair_ids:
-        store.submit_judgment(Judgment(pair_id, alice.id, "a", shown_left="a"))
+        judge(store, Judgment(pair_id, alice.id, "a", shown_left="a"))
     at = open_app(token).switch_page("labeler/pages/data.py").run()
     assert int(at.metric[0].value) + int(at.metric[1].value) == 4  # prompts, train + held-out
 
@@ -311,7 +427,7 @@ def test_dashboard_counts(store):
     _, pair_ids = make_round(store, simple_items(3, "dash"), overlap=2)
     _, token = store.add_annotator("root", "admin")
     alice, _ = store.add_annotator("alice")
-    store.submit_judgment(Judgment(pair_ids[0], alice.id, "tie", shown_left="a"))
+    judge(store, Judgment(pair_ids[0], alice.id, "tie", shown_left="a"))
     at = open_app(token).switch_page("labeler/pages/dashboard.py").run()
     assert not errors(at)
     metrics = {m.label: m.value for m in at.metric}
@@ -354,12 +470,16 @@ def test_review_queries_count_progress_and_disagreements(store):
     bob, carol, dave = (store.add_annotator(name)[0] for name in ("bob", "carol", "dave"))
     for pair_id, annotator, choice in ((p0, bob, "a"), (p0, carol, "b"), (p1, bob, "a"), (p1, carol, "a"),
                                        (p1, dave, "tie"), (p2, bob, "both_bad")):
-        store.submit_judgment(Judgment(pair_id, annotator.id, choice, shown_left="a", seconds_spent=10.0))
+        made = Judgment(pair_id, annotator.id, choice, shown_left="a", seconds_spent=10.0)
+        if annotator is dave:  # beyond p1's target: the store refuses it now, but an older database can hold it
+            store.add_judgments_bulk([made])
+        else:
+            judge(store, made)
     store.skip_pair(p2, carol.id)
     midnight = store.judgments()[0]["updated_at"].replace(hour=0, minute=0, second=0, microsecond=0)
 
     progress = store.label_progress(bob.id, round_id, midnight)
-    # p1's third judgment (a lease that expired and was judged late) counts toward its target only once
+    # p1's third judgment counts toward its target only once
     assert progress == {"judged_since": 3, "needed": 6, "done": 5, "left": 1}
     assert store.round_progress() == [{"round": round_id, "pairs": 3, "needed": 6, "done": 5}]
 
@@ -376,3 +496,41 @@ def test_review_queries_count_progress_and_disagreements(store):
     assert (stats["bob"]["judgments"], stats["bob"]["judged_today"], stats["bob"]["median_seconds"]) == (3, 3, 10.0)
     assert stats["bob"]["per_hour"] == 360 and stats["carol"]["skips"] == 1 and stats["root"]["judgments"] == 0
     assert store.choice_counts(round_id) == {"a": 3, "b": 1, "tie": 1, "both_bad": 1}
+
+
+def test_an_ended_session_while_nothing_is_leased_signs_out_on_the_next_page_view(store):
+    make_round(store, simple_items(1, "ended"))
+    _, token = store.add_annotator("alice")
+    at = open_app(token)
+    button(at, "A better").click().run()
+    store.reset_token("alice")
+    button(at, "Check again").click().run()  # the page leases anew: the store refuses the ended session
+    assert not at.exception and "annotator" not in at.session_state
+    assert "Sign in again" in "\n".join(w.value for w in at.warning)
+
+
+def test_a_submit_run_is_one_store_transaction(store, monkeypatch):
+    """Submit and the next pair's lease share one transaction, and the page's periodic reads (session recheck,
+    progress counts) stay off runs that carry an action, even when both are due."""
+    from store.db import Gate
+
+    _, pair_ids = make_round(store, simple_items(3, "one"))
+    _, token = store.add_annotator("alice")
+    at = open_app(token)
+    purposes = []
+    held = Gate.held
+
+    def counted(gate, purpose):
+        purposes.append(purpose)
+        return held(gate, purpose)
+
+    monkeypatch.setattr(Gate, "held", counted)
+    monkeypatch.setattr(session, "RECHECK_SECONDS", 1.0)
+    monkeypatch.setattr(labeling, "PROGRESS_REFRESH_SECONDS", 1.0)
+    time.sleep(1.1)  # both due
+    button(at, "A better").click().run()
+    assert screen_pair(at) == pair_ids[1] and purposes == ["submit judgment and lease next"]
+    purposes.clear()
+    time.sleep(1.1)
+    at.run()  # a page view without an action: now the due reads happen
+    assert sorted(purposes) == ["check session", "label progress"]

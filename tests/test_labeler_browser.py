@@ -17,7 +17,7 @@ from labeler.labeling import REPEAT_GUARD_SECONDS
 from labeler.render import shown_left
 from store import Judgment
 from tests.browser import screenshot, sign_in, wait_idle
-from tests.labeling_data import make_round, simple_items
+from tests.labeling_data import judge, make_round, simple_items
 
 pytest_plugins = ["tests.browser"]
 pytestmark = pytest.mark.browser
@@ -26,6 +26,9 @@ PAIR_CAPTION = re.compile(r"^Pair (\d+)$")
 
 
 def pair_on_screen(page) -> int | None:
+    """The pair the Label page shows (None: nothing left), once it shows either (a sign-in's rerun may be running)."""
+    page.wait_for_function("""() => [...document.querySelectorAll('p')].some(p => /^Pair \\d+$/.test(p.innerText))
+        || document.body.innerText.includes('Nothing left')""")
     found = page.get_by_text(PAIR_CAPTION)
     return int(PAIR_CAPTION.match(found.inner_text()).group(1)) if found.count() else None
 
@@ -102,6 +105,7 @@ def test_two_annotators_never_get_the_same_pair(server, new_page):
             if current[i] is not None:
                 served[i].append(current[i])
                 current[i] = press_and_wait(page, "a", current[i])
+    print("SERVED", served, [(r["pair_id"], r["annotator_id"]) for r in store.judgments()], annotators)
     assert not set(served[0]) & set(served[1])
     assert sorted(served[0] + served[1]) == pair_ids
     rows = [r for r in store.judgments() if r["pair_id"] in pair_ids]
@@ -193,8 +197,8 @@ def test_xss_payloads_in_prompts_and_responses_stay_inert(server, new_page):
     # An admin reviewing the pair sees the same texts, plus rationales carrying payloads.
     admin, admin_token = store.add_annotator("xss-root", "admin")
     other, _ = store.add_annotator("xss-bob")
-    store.submit_judgment(Judgment(pair_id, other.id, "a", rationale=XSS_PAYLOADS[1], shown_left="a"))
-    store.submit_judgment(Judgment(pair_id, annotator.id, "b", rationale=XSS_PAYLOADS[9], shown_left="b"))
+    judge(store, Judgment(pair_id, other.id, "a", rationale=XSS_PAYLOADS[1], shown_left="a"))
+    judge(store, Judgment(pair_id, annotator.id, "b", rationale=XSS_PAYLOADS[9], shown_left="b"))
     review = new_page()
     sign_in(review, url, admin_token, "review")
     review.get_by_text("XSS-B-END").first.wait_for()
@@ -236,9 +240,12 @@ def test_visitors_and_annotators_are_refused_admin_pages(server, new_page):
     page.keyboard.press("Enter")
     page.get_by_text("That token is not valid").wait_for()
 
+    sign_in(page, url, token, "data")  # and then signed in by the session cookie for each typed link
     for path, marker in (("data", "Import"), ("annotators", "Add someone"), ("review", "Pair to review"),
                          ("dashboard", "Activity")):
-        sign_in(page, url, token, path)
+        if path != "data":
+            page.goto(f"{url}/{path}")
         page.get_by_text("This page is for admins only").wait_for()
+        wait_idle(page)
         assert page.get_by_text(marker).count() == 0
     screenshot(page, "refused")

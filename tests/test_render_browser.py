@@ -45,7 +45,7 @@ def round_of(store: Store, items: list[tuple[str, str, str]], tokens=(None, None
 
 def judge(store: Store, pair_id: int, annotator_id: int, choice: str, **fields) -> None:
     """A judgment as the Label page makes it: on a leased pair."""
-    store.lease_pair(pair_id, annotator_id)
+    store.hold_pair(annotator_id, pair_id)
     store.submit_judgment(Judgment(pair_id, annotator_id, choice, shown_left="a", **fields))
 
 

@@ -14,6 +14,7 @@ from store import Judgment, PromptIn, ResponseIn, Store, StoreError, latest_vers
 from store.labels import hash_token
 from store.prompts import insert_rows, pair_hash, prompt_hash, split_for
 from store.store import rows_as_dicts, utcnow
+from tests.labeling_data import judge
 
 
 def user(text: str) -> list[dict]:
@@ -52,8 +53,9 @@ def tables(s: Store) -> set[str]:
 
 
 def select(s: Store, sql: str, params=()) -> list[dict]:
+    """Rows of a query; `params` a sequence for ? or a dict for $name."""
     with s.transaction("test: read") as con:
-        return rows_as_dicts(con.execute(sql, list(params)))
+        return rows_as_dicts(con.execute(sql, params if isinstance(params, dict) else list(params)))
 
 
 @pytest.fixture
@@ -274,7 +276,7 @@ def test_annotators_tokens_and_disable(store):
 def test_judgment_round_trip_resubmit_and_undo(store, prompt_id):
     ann, _ = store.add_annotator("alice")
     pair = add_pair(store, prompt_id)
-    first = store.submit_judgment(Judgment(pair, ann.id, "a", "slight", "shorter", "b", 4.0))
+    first = judge(store, Judgment(pair, ann.id, "a", "slight", "shorter", "b", 4.0))
     assert store.get_pair(pair)["status"] == "complete"
     (row,) = store.judgments(pair_id=pair)
     assert (row["choice"], row["strength"], row["rationale"], row["shown_left"], row["seconds_spent"]) == (
@@ -294,9 +296,12 @@ def test_judgment_round_trip_resubmit_and_undo(store, prompt_id):
     assert updated["created_at"] == row["created_at"] and updated["updated_at"] >= row["updated_at"]
     assert store.count_judgments() == 1
 
-    assert store.undo_last_judgment(ann.id) == pair
+    undone = store.undo_last(ann.id)
+    assert (undone["undone"], undone["pair_id"], undone["pair"]["id"]) == ("judgment", pair, pair)
+    assert (undone["choice"], undone["strength"], undone["rationale"], undone["shown_left"]) == ("both_bad", None, None,
+                                                                                                 "a")
     assert store.judgments(annotator_id=ann.id) == [] and store.get_pair(pair)["status"] == "open"
-    assert store.undo_last_judgment(ann.id) is None
+    assert store.undo_last(ann.id) is None
 
 
 def test_judgment_validation(store, prompt_id):
@@ -320,6 +325,7 @@ def test_judgment_validation(store, prompt_id):
 def test_two_threads_submitting_the_same_judgment_leave_one_row(store, prompt_id):
     ann, _ = store.add_annotator("alice")
     pair = add_pair(store, prompt_id)
+    assert store.hold_pair(ann.id, pair)  # the first submit needs the lease; the others are updates
     start = threading.Barrier(2)
     ids, errors = [], []
 
@@ -370,6 +376,7 @@ def test_next_pair_leases_expiry_and_overlap(store):
     assert store.get_pair(double)["status"] == "open"  # one of two judgments
     store.skip_pair(double, carol)
     assert store.next_pair(carol, now=later) is None  # skipped pair never again; the single pair is leased to dave
+    assert store.hold_pair(alice, double, now=later)  # bob's judgment leaves room for one more
     store.submit_judgment(Judgment(double, alice, "b"))
     assert store.get_pair(double)["status"] == "complete"
     assert store.next_pair(alice, now=later) is None and store.next_pair(bob, now=later) is None
@@ -437,9 +444,9 @@ def test_status_counts(store):
     round_id = store.new_round(base)
     pairs = [add_pair(store, ids[i], (f"a{i}", f"b{i}"), round_id=round_id, overlap_target=2) for i in range(3)]
     alice, bob = (store.add_annotator(n)[0].id for n in ("alice", "bob"))
-    store.submit_judgment(Judgment(pairs[0], alice, "a"))
-    store.submit_judgment(Judgment(pairs[0], bob, "b"))
-    store.submit_judgment(Judgment(pairs[1], alice, "a"))
+    judge(store, Judgment(pairs[0], alice, "a"))
+    judge(store, Judgment(pairs[0], bob, "b"))
+    judge(store, Judgment(pairs[1], alice, "a"))
     store.set_annotator_disabled("bob", True)
 
     status = store.status()
@@ -466,7 +473,7 @@ def test_status_counts(store):
 
 def _judge(s: Store, pair_id: int, annotator_id: int, choice: str, **fields) -> None:
     """A judgment as the Label page makes it: on a leased pair."""
-    s.lease_pair(pair_id, annotator_id)
+    s.hold_pair(annotator_id, pair_id)
     s.submit_judgment(Judgment(pair_id, annotator_id, choice, shown_left="a", **fields))
 
 

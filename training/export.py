@@ -44,7 +44,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store import Store, StoreError
+from store import Actor, Store, StoreError
 from training.cli import open_store
 from training.config import ConfigError, add_arguments, from_args, opt
 
@@ -182,8 +182,10 @@ def _table(columns: dict, split: str) -> pa.Table:
     return pa.table([columns[name].cast(schema.field(name).type) for name in schema.names], schema=schema)
 
 
-def export(store: Store, config: ExportConfig) -> dict:
-    """Build, write and register one export; returns its summary (name, path, counts). Raises if nothing to export."""
+def export(store: Store, config: ExportConfig, actor: Actor | None = None) -> dict:
+    """Build, write and register one export; returns its summary (name, path, counts). Raises if nothing to export.
+
+    `actor`: the admin exporting from the app, checked when the rows are read and when the export is registered."""
     from datasets import Dataset, DatasetDict, DatasetInfo
 
     config.validate()
@@ -195,7 +197,7 @@ def export(store: Store, config: ExportConfig) -> dict:
     if final.exists() or any(e["name"] == name for e in store.list_exports()):
         raise StoreError(f"an export named {name!r} already exists ({final})")
 
-    table = store.export_rows(round_id)  # one short transaction; everything below runs with the database closed
+    table = store.export_rows(round_id, actor=actor)  # short transactions; all below runs with the database closed
     if table.num_rows == 0:
         raise StoreError(f"nothing to export from {scope}: no pair has a judgment or an adjudication")
     splits, dropped = build_splits(table, config)
@@ -228,7 +230,7 @@ def export(store: Store, config: ExportConfig) -> dict:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     try:
-        export_id = store.register_export(name, str(final), round_id, config.policy(), counts)
+        export_id = store.register_export(name, str(final), round_id, config.policy(), counts, actor=actor)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # an unregistered export is not left behind
         raise

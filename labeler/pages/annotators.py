@@ -4,8 +4,7 @@ issue new tokens, and see each one's counts and pace."""
 import streamlit as st
 
 from labeler.render import plain
-from labeler.session import get_store, local_day_start, require_admin
-from store import StoreError
+from labeler.session import act, get_store, local_day_start, require_admin
 
 admin = require_admin()
 store = get_store()
@@ -28,11 +27,8 @@ with st.form("add-annotator", clear_on_submit=True):
     name = st.text_input("Name", placeholder="e.g. alice, or the email they sign in with through single sign-on")
     role = st.selectbox("Role", ["annotator", "admin"], help="Annotators only label; admins reach every page.")
     if st.form_submit_button("Create", type="primary", icon=":material/person_add:"):
-        try:
-            created, token = store.add_annotator(name, role)
-        except StoreError as exc:
-            st.error(plain(str(exc)))
-        else:
+        if added := act(store.add_annotator, name, role):
+            created, token = added
             state["issued_token"] = (created.name, token)
 show_token_once()
 
@@ -51,14 +47,19 @@ chosen = st.selectbox("Person", [p["name"] for p in people])
 person = next(p for p in people if p["name"] == chosen)
 with st.container(horizontal=True):
     if person["disabled"]:
-        if st.button("Enable", icon=":material/check_circle:"):
-            store.set_annotator_disabled(chosen, False)
+        if st.button("Enable", icon=":material/check_circle:") and act(store.set_annotator_disabled, chosen, False):
             st.rerun()
     elif st.button("Disable", icon=":material/block:", disabled=chosen == admin.name,
-                   help="You cannot disable yourself." if chosen == admin.name else "They are signed out within a "
-                   "minute and can no longer submit."):
-        store.set_annotator_disabled(chosen, True)
+                   help="You cannot disable yourself." if chosen == admin.name else "Their sessions end at once: "
+                   "their next action is refused."):
+        if act(store.set_annotator_disabled, chosen, True):
+            st.rerun()
+    other_role = "annotator" if person["role"] == "admin" else "admin"
+    if st.button(f"Make {other_role}", icon=":material/manage_accounts:", disabled=chosen == admin.name,
+                 help="You cannot change your own role." if chosen == admin.name else "Takes effect at their next "
+                 "action.") and act(store.set_annotator_role, chosen, other_role):
         st.rerun()
-    if st.button("Issue a new token", icon=":material/key:", help="The old token stops working."):
-        state["issued_token"] = (chosen, store.reset_token(chosen))
-        st.rerun()
+    if st.button("Issue a new token", icon=":material/key:", help="The old token and its sessions stop working."):
+        if token := act(store.reset_token, chosen):
+            state["issued_token"] = (chosen, token)
+            st.rerun()

@@ -9,7 +9,7 @@ import streamlit as st
 
 from labeler.exporting import ROW_SPLITS, export_dataset, exports_dir, summary, zip_folder
 from labeler.render import plain
-from labeler.session import get_store, require_admin
+from labeler.session import current_actor, get_store, require_admin
 from store import StoreError
 
 admin = require_admin()
@@ -68,7 +68,7 @@ with st.form("export"):
 if do_export:
     try:
         with st.spinner("Exporting…"):
-            result = export_dataset(store, scope, name.strip() or None, both_bad)
+            result = export_dataset(store, scope, name.strip() or None, both_bad, actor=current_actor())
     except (StoreError, ValueError) as exc:
         st.error(f"Nothing exported. {plain(str(exc))}")
     else:

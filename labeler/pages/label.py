@@ -2,12 +2,14 @@
 
 Choices are made about what is on screen ("A" is the left response) and stored in terms of the pair's stored a/b;
 the order on screen is recorded with each judgment. The workflow is in `labeler/labeling.py`; how texts are shown,
-and the layout CSS (the choice bar sticks to the bottom of the window), in `labeler/render.py`.
+and the layout CSS (the choice bar sticks to the bottom of the window), in `labeler/render.py`; the browser side
+(quiet rule for key bursts, lease heartbeat) in `labeler/browser.py`. Below the pair: the annotator's recent
+judgments, each editable while its round is open.
 """
 
 import streamlit as st
 
-from labeler import labeling
+from labeler import browser, labeling
 from labeler.guidelines import guidelines_panel
 from labeler.pace import PACE_REFRESH_SECONDS, annotator_pace, pace_text
 from labeler.render import (
@@ -23,11 +25,14 @@ from labeler.render import (
 )
 from labeler.session import current_annotator, get_store, local_day_start
 
+SCREEN_LABELS = {"A": "A better", "B": "B better", "tie": "Tie", "both_bad": "Both bad"}
+
 store = get_store()
 annotator = current_annotator()
 state = st.session_state
 page_style()
 
+browser.label_page_guard()
 progress_slot = st.empty()  # filled last, so the pair is on screen before the progress query runs
 pair = labeling.current_pair(store, annotator)
 if notice := state.pop("notice", None):
@@ -48,6 +53,15 @@ if pair is None:
                   args=(store, annotator))
 else:
     pair_id = pair["id"]
+    if editing := state.get("editing"):
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.info(f"Changing your judgment of pair {pair_id}: press a choice to save it.", icon=":material/edit:")
+            st.button("Back to labeling", key=f"cancel-edit-{pair_id}", icon=":material/close:",
+                      on_click=labeling.cancel_edit, args=(store, annotator))
+    if (restored := state.get("restored")) and restored["pair_id"] == pair_id:
+        strength = f" ({restored['strength']})" if restored["strength"] else ""
+        st.caption(f"{'You chose' if editing else 'Before the undo you chose'} "
+                   f"**{SCREEN_LABELS[restored['choice']]}**{strength} for this pair.")
     left = shown_left(pair_id, annotator.id)
     left_text, right_text = screen_texts(pair, left)
     bar.text_input("Rationale (optional)", key=f"rationale-{pair_id}", label_visibility="collapsed",
@@ -80,6 +94,20 @@ else:
         st.button("Undo last", key="undo", shortcut="U", icon=":material/undo:",
                   on_click=labeling.undo, args=(store, annotator))
     st.caption(f"Pair {pair_id}")
+
+with st.expander("Your recent judgments", key="history", icon=":material/history:", on_change="rerun") as history:
+    if history.open:
+        rows = labeling.recent_judgments(store, annotator)
+        if not rows:
+            st.caption("None yet.")
+        for row in rows:
+            strength = f" ({row['strength']})" if row["strength"] else ""
+            with st.container(horizontal=True, vertical_alignment="center"):
+                st.button("Change", key=f"edit-{row['pair_id']}", icon=":material/edit:", disabled=not row["editable"],
+                          on_click=labeling.edit, args=(store, annotator, row["pair_id"]),
+                          help=None if row["editable"] else "Its round is closed.")
+                st.text(f"Pair {row['pair_id']} · {SCREEN_LABELS[row['screen_choice']]}{strength} · "
+                        f"{row['prompt'][:80]}" + (f" · “{row['rationale']}”" if row["rationale"] else ""))
 
 counts = labeling.progress(store, annotator, local_day_start())
 pace = annotator_pace(store, annotator, max_age=PACE_REFRESH_SECONDS)

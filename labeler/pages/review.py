@@ -9,7 +9,7 @@ in export. Searching and filtering every pair and judgment is on the Browse page
 import streamlit as st
 
 from labeler.render import CHOICE_LABELS, conversation, page_style, plain, prompt_title, responses_side_by_side
-from labeler.session import get_store, require_admin
+from labeler.session import act, get_store, require_admin
 from store import BrowseFilter
 
 LISTED = 500  # pairs listed at most; the newest judged first
@@ -74,7 +74,6 @@ with st.form(f"adjudicate-{pair_id}"):
     if st.form_submit_button("Save final label", type="primary"):
         if choice is None:
             st.error("Pick a final label first.")
-        else:
-            store.adjudicate(pair_id, admin.id, choice, note.strip() or None)
+        elif act(store.adjudicate, pair_id, admin.id, choice, note.strip() or None):
             st.session_state["review_saved"] = f"Pair {pair_id}: final label {CHOICE_LABELS[choice]!r} saved."
             st.rerun()
