@@ -127,12 +127,31 @@ def train(
         print("reference model: " + ("the parent's adapter (frozen copy)" if reference["adapter"] else "the base model"))
 
         metrics = run.train(trainer)
+        metrics |= last_epoch_rewards(trainer.state.log_history)
+        if "train_reward_accuracy" in metrics:
+            print(
+                f"train reward accuracy {metrics['train_reward_accuracy']:.3f}, margin "
+                f"{metrics['train_reward_margin']:.4f} (implicit reward, mean over the last epoch's steps)"
+            )
         if config.evaluate and trainer.eval_dataset is not None:
             metrics["eval"] = trainer.evaluate()
             # Share of held-out pairs whose implicit reward ranks the chosen response first.
             metrics["heldout_reward_accuracy"] = metrics["eval"].get("eval_rewards/accuracies")
         checkpoint_id = run.finish(trainer, loaded, metrics)
     return TrainResult(checkpoint_id, metrics, trainer)
+
+
+def last_epoch_rewards(log_history: list[dict]) -> dict:
+    """Share of pairs whose implicit reward ranks the chosen response first, and the mean reward margin, over the
+    logged steps of the last epoch: each pair counted once, as the policy stood when it reached that pair."""
+    logs = [entry for entry in log_history if "rewards/accuracies" in entry and "epoch" in entry]
+    if not logs:
+        return {}
+    last = [entry for entry in logs if entry["epoch"] > logs[-1]["epoch"] - 1]
+    return {
+        "train_reward_accuracy": sum(entry["rewards/accuracies"] for entry in last) / len(last),
+        "train_reward_margin": sum(entry["rewards/margins"] for entry in last) / len(last),
+    }
 
 
 def build_trainer(

