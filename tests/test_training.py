@@ -411,12 +411,22 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
 
 def test_configs_load_and_the_command_line_overrides_them(tmp_path):
     from training.config import ConfigError, build
+    from training.models import ModelError, uses_gradient_checkpointing
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = build(dpo.DPOTrainConfig, configs / "dpo.yaml", {"beta": "0.25", "loss_type": "ipo,sigmoid"})
     assert config.beta == 0.25 and config.loss_type == ["ipo", "sigmoid"]
-    assert config.learning_rate == 5e-6 and config.lora_r == 16 and config.lora_alpha == 16 and config.seed == 3407
-    assert config.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"] and config.max_length == 2048
+    assert config.learning_rate == 2e-4 and config.lora_r == 16 and config.lora_alpha == 16 and config.seed == 3407
+    assert config.lora_targets == ["all-linear"] and config.max_length == 2048
+    # gradient_checkpointing: auto recomputes activations on a GPU only; YAML's true / false and Python bools work too.
+    assert uses_gradient_checkpointing(config, "cuda") and not uses_gradient_checkpointing(config, "cpu")
+    for value, on_cpu in (("true", True), ("False", False), (True, True), (False, False)):
+        assert (
+            uses_gradient_checkpointing(build(dpo.DPOTrainConfig, None, {"gradient_checkpointing": value}), "cpu")
+            is on_cpu
+        )
+    with pytest.raises(ModelError, match="gradient_checkpointing must be true, false or auto, not 'sometimes'"):
+        uses_gradient_checkpointing(build(dpo.DPOTrainConfig, None, {"gradient_checkpointing": "sometimes"}), "cpu")
     assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps == 4
     assert build(reward.RewardTrainConfig, configs / "reward.yaml").learning_rate == 1e-4
     assert build(sft.SFTTrainConfig, configs / "sft.yaml").learning_rate == 2e-4

@@ -188,10 +188,31 @@ class TrainableModel:
     backend: str  # "unsloth" or "transformers"
     dtype: Any  # torch dtype of the base weights and of mixed-precision compute
     device: str  # "cuda" or "cpu"
+    threads: int = 0  # on CPU: torch's intra-op threads (cpu_threads)
 
     def describe(self) -> str:
         loader = "Unsloth FastLanguageModel" if self.backend == "unsloth" else "transformers + PEFT"
-        return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}"
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
+        return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}{threads}"
+
+
+def cpu_threads() -> int:
+    """torch's intra-op threads for CPU training: $OMP_NUM_THREADS when set, else the cores not already busy (the
+    cores this process may use minus the 1-minute load average, rounded; at least 1).
+
+    torch starts one thread per core, and its OpenMP threads meet at a barrier after every operation: on a core that
+    another process also wants, one thread stalls all of them. On the 2-core project machine at load ~10, a forward
+    pass of the embedded model took 15.8 s on one thread and 49.4 s on two; idle, 10.6 s and 5.8 s
+    (docs/benchmarks.md, "DPO after a 16-pair round on CPU").
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(cores, round(cores - os.getloadavg()[0])))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def uses_gradient_checkpointing(config: ModelConfig, device: str) -> bool:
@@ -275,7 +296,7 @@ def load_trainable(
         model.config.pad_token_id = tokenizer.pad_token_id
         if not any(p.requires_grad for n, p in model.named_parameters() if "score" in n or "classifier" in n):
             raise ModelError(f"{base_model}: the reward model's score head is not trainable")
-    return TrainableModel(model, tokenizer, backend, dtype, device)
+    return TrainableModel(model, tokenizer, backend, dtype, device, cpu_threads() if device == "cpu" else 0)
 
 
 def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None, task: str, seed: int, dtype):
