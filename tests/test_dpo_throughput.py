@@ -280,9 +280,10 @@ def test_throughput_harness_smoke_runs_every_path(tiny_model_dir, tmp_path):
 
 
 def test_the_cpu_levers_train_the_steps_of_trls_plain_path(tiny_model_dir, tmp_path, store, monkeypatch):
-    """The LM head at the scored positions only, no gradient checkpointing and reference log-probs computed once (what
-    `make train-dpo` runs on CPU) train the run that the full-logits head, recomputed activations and TRL's reference
-    pass in every step train: the same loss and rewards at every step of two epochs, the same adapter at the end."""
+    """The LM head at the scored positions only, no gradient checkpointing, reference log-probs computed once and one
+    forward pass per row length (what `make train-dpo` runs on CPU) train the run that the full-logits head,
+    recomputed activations, TRL's reference pass in every step and one padded pass train: the same loss and rewards at
+    every step of two epochs, the same adapter at the end."""
     from datasets import DatasetDict
 
     from training import lm_head
@@ -313,11 +314,13 @@ def test_the_cpu_levers_train_the_steps_of_trls_plain_path(tiny_model_dir, tmp_p
         adapter = {n: p.detach().clone() for n, p in result.trainer.model.named_parameters() if "lora_" in n}
         return result, logs, adapter
 
-    fast, fast_logs, fast_adapter = run("fast", gradient_checkpointing="auto", cache_ref_logps=True)
+    fast, fast_logs, fast_adapter = run("fast", gradient_checkpointing="auto", cache_ref_logps=True, length_buckets=0)
     assert not fast.trainer.args.gradient_checkpointing  # auto on CPU
     with monkeypatch.context() as patch:
         patch.setattr(lm_head, "projects_hidden_states_only", lambda model: False)  # the full (rows, length, V) logits
-        slow, slow_logs, slow_adapter = run("slow", gradient_checkpointing=True, cache_ref_logps=False)
+        slow, slow_logs, slow_adapter = run(
+            "slow", gradient_checkpointing=True, cache_ref_logps=False, length_buckets=1
+        )
     assert slow.trainer.args.gradient_checkpointing and not slow.trainer.precompute_ref_logps
 
     assert len(fast_logs) == len(slow_logs) == 4  # 8 pairs, 4 a step, 2 epochs
