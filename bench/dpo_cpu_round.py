@@ -311,6 +311,7 @@ def main() -> None:
     parser.add_argument("--args", default="", help="extra ARGS for make train-dpo, e.g. a lever turned off")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the run (0: the command chooses)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="run another checkout's code (an older commit)")
+    parser.add_argument("--label", default="run", help="runs go to <workdir>/<label>-<i>/")
     parser.add_argument("--heldout", type=int, default=16, help="held-out prompts answered greedily (0: skip)")
     parser.add_argument("--greedy-tokens", type=int, default=64, help="tokens of each greedy answer")
     parser.add_argument(
@@ -330,7 +331,7 @@ def main() -> None:
         report["profile"] = profile_step(summary, ROOT / "configs/dpo.yaml", args.profile.split(","), args.repeats)
     else:
         report["runs"] = [
-            timed_train(summary, args.workdir, f"run-{i}", args.args, args.threads, args.repo.resolve())
+            timed_train(summary, args.workdir, f"{args.label}-{i}", args.args, args.threads, args.repo.resolve())
             for i in range(args.runs)
         ]
         if args.heldout:
