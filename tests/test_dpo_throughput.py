@@ -274,3 +274,75 @@ def test_throughput_harness_smoke_runs_every_path(tiny_model_dir, tmp_path):
     assert results["all"]["ref_pass_s"] > 0
     assert results["all"]["tokens_per_s_incl_ref_pass"] < results["all"]["tokens_per_s"]
     assert "| trl | trl | defaults |" in done.stdout and "| all | prefloop |" in done.stdout
+
+
+# --- the CPU levers together ----------------------------------------------------------------------------------------
+
+
+def test_the_cpu_levers_train_the_steps_of_trls_plain_path(tiny_model_dir, tmp_path, store, monkeypatch):
+    """The LM head at the scored positions only, no gradient checkpointing, reference log-probs computed once and one
+    forward pass per row length (what `make train-dpo` runs on CPU) train the run that the full-logits head,
+    recomputed activations, TRL's reference pass in every step and one padded pass train: the same loss and rewards at
+    every step of two epochs, the same adapter at the end."""
+    from datasets import DatasetDict
+
+    from training import lm_head
+
+    base = store.register_checkpoint("base", str(tiny_model_dir))
+    store.new_round(base)
+    path = tmp_path / "exports" / "varied"
+    DatasetDict(
+        {"train": Dataset.from_list(varied_pairs(8)), "test": Dataset.from_list(varied_pairs(4, 20))}
+    ).save_to_disk(str(path))
+    store.register_export("varied", str(path), 0, {}, {"train": 8, "test": 4})
+
+    def run(name: str, **fields):
+        config = tiny(
+            dpo.DPOTrainConfig,
+            tiny_model_dir,
+            tmp_path / name,
+            max_length=128,
+            max_steps=-1,
+            num_train_epochs=2,
+            gradient_accumulation_steps=2,
+            learning_rate=5e-3,
+            **fields,
+        )
+        config.parent = base
+        result = dpo.train(store, config)
+        logs = [entry for entry in result.trainer.state.log_history if "loss" in entry and "train_runtime" not in entry]
+        adapter = {n: p.detach().clone() for n, p in result.trainer.model.named_parameters() if "lora_" in n}
+        return result, logs, adapter
+
+    fast, fast_logs, fast_adapter = run("fast", gradient_checkpointing="auto", cache_ref_logps=True, length_buckets=0)
+    assert not fast.trainer.args.gradient_checkpointing  # auto on CPU
+    with monkeypatch.context() as patch:
+        patch.setattr(lm_head, "projects_hidden_states_only", lambda model: False)  # the full (rows, length, V) logits
+        slow, slow_logs, slow_adapter = run(
+            "slow", gradient_checkpointing=True, cache_ref_logps=False, length_buckets=1
+        )
+    assert slow.trainer.args.gradient_checkpointing and not slow.trainer.precompute_ref_logps
+
+    assert len(fast_logs) == len(slow_logs) == 4  # 8 pairs, 4 a step, 2 epochs
+    assert fast_logs[-1]["rewards/margins"] > 0.01  # the policy moved: the comparison is not between zeros
+    keys = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "entropy",
+        "mean_token_accuracy",
+        "grad_norm",
+    )
+    for fast_entry, slow_entry in zip(fast_logs, slow_logs):
+        for key in keys:
+            assert fast_entry[key] == pytest.approx(slow_entry[key], rel=1e-4, abs=1e-5), (key, fast_entry["step"])
+    for name, value in slow_adapter.items():
+        torch.testing.assert_close(fast_adapter[name], value, rtol=1e-4, atol=1e-6)
+    assert fast.metrics["heldout_reward_accuracy"] == slow.metrics["heldout_reward_accuracy"]
+    assert fast.metrics["eval"]["eval_rewards/margins"] == pytest.approx(
+        slow.metrics["eval"]["eval_rewards/margins"], rel=1e-4, abs=1e-5
+    )

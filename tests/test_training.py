@@ -366,28 +366,43 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from training.lm_head import choose_lm_head, use_plain_lm_head
+    from training.lm_head import choose_lm_head, projects_hidden_states_only, use_plain_lm_head
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer does
-    use_plain_lm_head(model)
     input_ids = torch.tensor([[5, 17, 33, 2, 40, 41, 0, 0], [7, 8, 9, 10, 11, 12, 13, 14]])
     attention_mask = (torch.arange(8) < torch.tensor([[6], [8]])).long()
     labels = input_ids.masked_fill((attention_mask == 0) | (torch.arange(8) < 3), -100)  # prompt and padding
-    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
-
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # the unpatched path
     targets, scored = labels[:, 1:], labels[:, 1:] != -100
-    log_p = logits.log_softmax(-1)
-    expected = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
-    torch.testing.assert_close(out.log_probs, expected)
-    torch.testing.assert_close(out.entropy, -(log_p.exp() * log_p).sum(-1) * scored)
-    assert torch.equal(out.is_top1, (logits.argmax(-1) == targets) & scored)
-    torch.testing.assert_close(out.loss, -expected.sum() / scored.sum())
-    out.log_probs.sum().backward()
-    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
-    generated = model.generate(input_ids=input_ids[:1, :4], min_new_tokens=3, max_new_tokens=3, do_sample=False)
-    assert generated.shape == (1, 7)
+    gradients = {}
+    # Scored positions only (the default for a Llama) and the full logits (what models with logit scaling run).
+    for scored_only in (None, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer does
+        use_plain_lm_head(model, scored_positions_only=scored_only)
+        projected = []  # rows the output projection sees
+        model.lm_head.register_forward_hook(
+            lambda module, args, out, rows=projected: rows.append(args[0].shape[:-1].numel())
+        )
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        assert projected == [int(scored.sum()) if scored_only is None else input_ids.numel()]
+
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # the unpatched path
+        log_p = logits.log_softmax(-1)
+        expected = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * scored
+        torch.testing.assert_close(out.log_probs, expected)
+        torch.testing.assert_close(out.entropy, -(log_p.exp() * log_p).sum(-1) * scored)
+        torch.testing.assert_close(out.mean_logits, logits.mean(-1) * scored)
+        assert torch.equal(out.is_top1, (logits.argmax(-1) == targets) & scored)
+        torch.testing.assert_close(out.loss, -expected.sum() / scored.sum())
+        out.log_probs.sum().backward()
+        gradients[scored_only] = {n: p.grad for n, p in model.named_parameters()}
+        assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+        generated = model.generate(input_ids=input_ids[:1, :4], min_new_tokens=3, max_new_tokens=3, do_sample=False)
+        assert generated.shape == (1, 7)
+    for name, gradient in gradients[False].items():
+        torch.testing.assert_close(gradients[None][name], gradient, rtol=1e-5, atol=1e-7)
+    assert projects_hidden_states_only(model)
+    model.config.final_logit_softcapping = 30.0  # Gemma 2's: its forward transforms the logits, so they are computed
+    assert not projects_hidden_states_only(model)
 
     assert choose_lm_head("auto", "cpu") == "plain"
     with pytest.raises(ValueError, match="needs a GPU"):
@@ -396,12 +411,22 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
 
 def test_configs_load_and_the_command_line_overrides_them(tmp_path):
     from training.config import ConfigError, build
+    from training.models import ModelError, uses_gradient_checkpointing
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = build(dpo.DPOTrainConfig, configs / "dpo.yaml", {"beta": "0.25", "loss_type": "ipo,sigmoid"})
     assert config.beta == 0.25 and config.loss_type == ["ipo", "sigmoid"]
     assert config.learning_rate == 2e-4 and config.lora_r == 16 and config.lora_alpha == 16 and config.seed == 3407
     assert config.lora_targets == ["all-linear"] and config.max_length == 2048 and config.weight_decay == 0.01
+    # gradient_checkpointing: auto recomputes activations on a GPU only; YAML's true / false and Python bools work too.
+    assert uses_gradient_checkpointing(config, "cuda") and not uses_gradient_checkpointing(config, "cpu")
+    for value, on_cpu in (("true", True), ("False", False), (True, True), (False, False)):
+        assert (
+            uses_gradient_checkpointing(build(dpo.DPOTrainConfig, None, {"gradient_checkpointing": value}), "cpu")
+            is on_cpu
+        )
+    with pytest.raises(ModelError, match="gradient_checkpointing must be true, false or auto, not 'sometimes'"):
+        uses_gradient_checkpointing(build(dpo.DPOTrainConfig, None, {"gradient_checkpointing": "sometimes"}), "cpu")
     assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps == 4
     assert build(reward.RewardTrainConfig, configs / "reward.yaml").learning_rate == 1e-4
     assert build(sft.SFTTrainConfig, configs / "sft.yaml").learning_rate == 2e-4

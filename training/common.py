@@ -40,7 +40,7 @@ from training.distributed import (
 from training.distributed import (
     describe as describe_batches,
 )
-from training.models import ModelConfig, TrainableModel, default_model, resolve_model
+from training.models import ModelConfig, TrainableModel, default_model, resolve_model, uses_gradient_checkpointing
 from training.rounds import POLICY_KINDS
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")  # what DPO and the reward model read from an export
@@ -199,6 +199,9 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableMo
     import torch
 
     on_gpu = loaded.device == "cuda"
+    # Unsloth checkpoints activations itself (use_gradient_checkpointing="unsloth" when it loaded the model); auto is
+    # on a GPU only: CPU training is short of compute, not memory (uses_gradient_checkpointing says why).
+    checkpointing = loaded.backend == "transformers" and uses_gradient_checkpointing(config, loaded.device)
     processes = world_size()
     per_device, accumulation = split_batch(
         config.per_device_train_batch_size, config.gradient_accumulation_steps, processes
@@ -222,8 +225,7 @@ def trainer_arguments(config: TrainConfig, output_dir: Path, loaded: TrainableMo
         "bf16": on_gpu and loaded.dtype == torch.bfloat16,
         "fp16": on_gpu and loaded.dtype == torch.float16,
         "use_cpu": not on_gpu,
-        # Unsloth checkpoints activations itself (use_gradient_checkpointing="unsloth" when it loaded the model).
-        "gradient_checkpointing": config.gradient_checkpointing and loaded.backend == "transformers",
+        "gradient_checkpointing": checkpointing,
         # DDP: reentrant checkpointing fires the gradient hooks twice, and every trainable parameter (LoRA, score
         # head) gets a gradient each step, so the unused-parameter search is only overhead.
         "gradient_checkpointing_kwargs": {"use_reentrant": False},

@@ -90,7 +90,8 @@ class DPOTrainConfig(TrainConfig):
     length_buckets: int = opt(
         1,
         "run each micro-batch as up to N forward passes over rows of similar length (1: one padded pass, TRL's; "
-        "4 cut computed padding to ~0 but ran slower on the H100 at 0.5B, see docs/benchmarks.md)",
+        "4 cut computed padding to ~0 but ran slower on the H100 at 0.5B, see docs/benchmarks.md; 0: 1 on a GPU, "
+        "on CPU one per row)",
     )
     cache_ref_logps: bool = opt(
         False,
@@ -132,12 +133,31 @@ def train(
         print("reference model: " + ("the parent's adapter (frozen copy)" if reference["adapter"] else "the base model"))
 
         metrics = run.train(trainer)
+        metrics |= last_epoch_rewards(trainer.state.log_history)
+        if "train_reward_accuracy" in metrics:
+            print(
+                f"train reward accuracy {metrics['train_reward_accuracy']:.3f}, margin "
+                f"{metrics['train_reward_margin']:.4f} (implicit reward, mean over the last epoch's steps)"
+            )
         if config.evaluate and trainer.eval_dataset is not None:
             metrics["eval"] = trainer.evaluate()
             # Share of held-out pairs whose implicit reward ranks the chosen response first.
             metrics["heldout_reward_accuracy"] = metrics["eval"].get("eval_rewards/accuracies")
         checkpoint_id = run.finish(trainer, loaded, metrics)
     return TrainResult(checkpoint_id, metrics, trainer)
+
+
+def last_epoch_rewards(log_history: list[dict]) -> dict:
+    """Share of pairs whose implicit reward ranks the chosen response first, and the mean reward margin, over the
+    logged steps of the last epoch: each pair counted once, as the policy stood when it reached that pair."""
+    logs = [entry for entry in log_history if "rewards/accuracies" in entry and "epoch" in entry]
+    if not logs:
+        return {}
+    last = [entry for entry in logs if entry["epoch"] > logs[-1]["epoch"] - 1]
+    return {
+        "train_reward_accuracy": sum(entry["rewards/accuracies"] for entry in last) / len(last),
+        "train_reward_margin": sum(entry["rewards/margins"] for entry in last) / len(last),
+    }
 
 
 def build_trainer(
@@ -181,9 +201,13 @@ def build_trainer(
         # adapter disabled when there is none: without it, the reference is the base model.
         trainer.model.delete_adapter("ref")
     levers = [f"{install_lm_head(trainer, config.lm_head, loaded.device)} LM head"]
-    if config.length_buckets > 1 and not trainer.is_fsdp_enabled:  # FSDP would gather the weights once per pass
-        use_length_buckets(trainer.model, config.length_buckets)  # after the LM head, whose forward it splits
-        levers.append(f"forward passes split into up to {config.length_buckets} length buckets")
+    # 0: on CPU one pass per row length (compute grows with the padded tokens; an extra pass costs next to nothing).
+    buckets = config.length_buckets or (1 if loaded.device == "cuda" else 2 * args.per_device_train_batch_size)
+    if buckets > 1 and not trainer.is_fsdp_enabled:  # FSDP would gather the weights once per pass
+        use_length_buckets(trainer.model, buckets)  # after the LM head, whose forward it splits
+        levers.append(f"forward passes split into up to {buckets} length buckets")
+    if args.gradient_checkpointing:
+        levers.append("activations recomputed (gradient checkpointing)")
     if config.group_by_length:
         micro_batch = config.per_device_train_batch_size
         use_length_grouped_sampler(trainer, micro_batch, micro_batch * config.gradient_accumulation_steps, config.seed)

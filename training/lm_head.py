@@ -9,9 +9,13 @@ only run in Triton's interpreter (TRITON_INTERPRET=1), which executes every kern
 row and 1024 vocabulary entries at a time, forward and again in backward (see bench/dpo_cpu_step.py and
 docs/benchmarks.md for the numbers).
 
-`use_plain_lm_head` re-patches the same forward with the textbook computation: the model's own forward (so logit
-scaling and soft-capping are the model's), then log-softmax and a gather at the labelled positions. It returns the
-same `FusedCausalLMOutput` fields, so the trainers' losses and metrics are unchanged; autograd does the backward.
+`use_plain_lm_head` re-patches the same forward with the textbook computation, log-softmax and a gather, at the
+labelled positions only. It returns the same `FusedCausalLMOutput` fields, so the trainers' losses and metrics are
+unchanged; autograd does the backward. Where the model's output layer is a bare projection (Llama, Qwen, Mistral,
+SmolLM: no logit scaling, soft-capping or MoE auxiliary loss in its config), the backbone's hidden states are
+projected at the labelled positions alone: a DPO batch's prompt and padding positions (a third to a half of them)
+cost no LM-head matmul, forward or backward, and no (batch, length, vocabulary) logits tensor is written and read
+back. Other models run their own forward (so their scaling applies) and the logits are then indexed.
 """
 
 from __future__ import annotations
@@ -54,11 +58,37 @@ def install_lm_head(trainer, requested: str, device: str, temperature: float = 1
     return lm_head
 
 
-def use_plain_lm_head(model, temperature: float = 1.0) -> None:
+# Config fields under which a model's forward does more to the hidden states than the output projection (TRL's
+# fused head reads the same ones), or returns an auxiliary loss the projection alone would drop.
+OUTPUT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+    "output_router_logits",
+)
+
+
+def projects_hidden_states_only(model) -> bool:
+    """Whether `model`'s logits are its output embedding applied to its backbone's last hidden state, nothing more."""
+    text_config = model.config.get_text_config()
+    return (
+        all(getattr(text_config, name, None) is None for name in OUTPUT_TRANSFORMS)
+        and text_config is model.config  # vision-language models nest the language backbone differently
+        and getattr(model, model.base_model_prefix, None) is not None
+        and model.get_output_embeddings() is not None
+    )
+
+
+def use_plain_lm_head(model, temperature: float = 1.0, scored_positions_only: bool | None = None) -> None:
     """Replace the fused LM head TRL installed on `model` (a PEFT model or a transformers model) by the plain one,
-    which divides the logits by `temperature` as TRL's does."""
+    which divides the logits by `temperature` as TRL's does. `scored_positions_only` None projects only the labelled
+    positions where that is exact (`projects_hidden_states_only`); False always computes the full logits."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     original_forward = types.MethodType(type(target).forward, target)
+    if scored_positions_only is None:
+        scored_positions_only = projects_hidden_states_only(target)
 
     @functools.wraps(type(target).forward)  # `generate` checks its keyword arguments against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
@@ -66,14 +96,19 @@ def use_plain_lm_head(model, temperature: float = 1.0) -> None:
             extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
             return original_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
         kwargs["use_cache"] = False
-        outputs = original_forward(*args, **kwargs)
-        logits = outputs.logits
         if shift_labels is None:  # position t predicts token t + 1
-            logits, labels = logits[:, :-1], labels[:, 1:]
+            labels, last = labels[:, 1:], -1
         else:
-            labels = shift_labels
+            labels, last = shift_labels, None
         mask = labels != -100
-        selected = logits[mask].float() / temperature  # (tokens, vocabulary): only the scored positions
+        if scored_positions_only:
+            outputs = getattr(self, self.base_model_prefix)(*args, **kwargs)
+            hidden = outputs.last_hidden_state[:, :last]
+            logits = self.get_output_embeddings()(hidden[mask])  # (tokens, vocabulary): only the scored positions
+        else:
+            outputs = original_forward(*args, **kwargs)
+            logits = outputs.logits[:, :last][mask]
+        selected = logits.float() / temperature
         targets = labels[mask]
         log_z = torch.logsumexp(selected, dim=-1)
         log_probs = selected.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z

