@@ -212,7 +212,7 @@ def timed_train(summary: dict, workdir: Path, name: str, make_args: str, threads
     metrics = json.loads((run_dir / "dpo" / "metrics.json").read_text())
     (checkpoint,) = Store(db).list_checkpoints("dpo")
     result = {
-        "command": " ".join(command) if repo != ROOT else f"make -s train-dpo DB={db.relative_to(ROOT)} ARGS='{args}'",
+        "command": " ".join(command) if repo != ROOT else f"make -s train-dpo DB={os.path.relpath(db, ROOT)} ARGS='{args}'",
         "repo": str(repo),
         "omp_num_threads": threads or None,
         "threads": _threads_used(run_dir / "train.log"),

@@ -197,22 +197,42 @@ class TrainableModel:
 
 
 def cpu_threads() -> int:
-    """torch's intra-op threads for CPU training: $OMP_NUM_THREADS when set, else the cores not already busy (the
-    cores this process may use minus the 1-minute load average, rounded; at least 1).
+    """torch's intra-op threads for CPU training: $OMP_NUM_THREADS when set, else the cores not busy right now (the
+    cores this process may use minus the other processes running on them; at least 1).
 
     torch starts one thread per core, and its OpenMP threads meet at a barrier after every operation: on a core that
     another process also wants, one thread stalls all of them. On the 2-core project machine at load ~10, a forward
     pass of the embedded model took 15.8 s on one thread and 49.4 s on two; idle, 10.6 s and 5.8 s
-    (docs/benchmarks.md, "DPO after a 16-pair round on CPU").
+    (docs/benchmarks.md, "DPO after a 16-pair round on CPU"). "Busy right now" is the kernel's count of running
+    processes, not the load average: that is a one-minute mean, so a run started just after another finished would
+    count the finished one and leave a core idle.
     """
     import torch
 
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, min(cores, round(cores - os.getloadavg()[0])))
+    threads = max(1, min(cores, cores - other_running_processes()))
     torch.set_num_threads(threads)
     return threads
+
+
+def other_running_processes(samples: int = 5, interval: float = 0.02) -> int:
+    """How many other processes are running now: the median over a few samples of /proc/stat's procs_running, less
+    this one (the load average's one-minute mean where /proc is missing)."""
+    import statistics
+    import time
+
+    try:
+        counts = []
+        for i in range(samples):
+            with open("/proc/stat") as stat:
+                counts.append(next(int(line.split()[1]) for line in stat if line.startswith("procs_running")))
+            if i + 1 < samples:
+                time.sleep(interval)
+        return max(0, round(statistics.median(counts)) - 1)
+    except (OSError, StopIteration, ValueError):
+        return round(os.getloadavg()[0])
 
 
 def uses_gradient_checkpointing(config: ModelConfig, device: str) -> bool:
