@@ -70,7 +70,7 @@ train-rm: setup
 train-dpo: setup
 	$(CLI) --db $(DB) train-dpo --config $(or $(CONFIG),configs/dpo.yaml) $(MULTI_GPU) $(ARGS)
 
-# RL against the newest reward model: PPO (training/ppo.py) or TRL's RLOO, from the newest policy checkpoint.
+# RL against the newest reward model: PPO (training/algorithms/ppo.py) or TRL's RLOO, from the newest policy checkpoint.
 train-ppo: setup
 	$(CLI) --db $(DB) train-ppo --config $(or $(CONFIG),configs/ppo.yaml) $(ARGS)
 
@@ -81,9 +81,9 @@ train-rloo: setup
 merge: setup
 	$(CLI) --db $(DB) merge $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(ARGS)
 
-# The whole loop headless: make loop-sim ROUNDS=3 JUDGE=training.judges:contains_word NAME=my-loop
+# The whole loop headless: make loop-sim ROUNDS=3 JUDGE=training.loop.judges:contains_word NAME=my-loop
 ROUNDS ?= 3
-JUDGE ?= training.judges:shorter
+JUDGE ?= training.loop.judges:shorter
 NAME ?= loop-sim
 loop-sim: setup model
 	$(CLI) --db $(DB) loop-sim --rounds $(ROUNDS) --judge $(JUDGE) --name $(NAME) $(ARGS)

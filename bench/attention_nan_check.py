@@ -1,5 +1,5 @@
 """Does attention's backward return NaN on this GPU for the batch shape that stopped RLOO, with PyTorch's default
-SDPA backends and with training's (`training_attention` in training/common.py: cuDNN attention off)?
+SDPA backends and with training's (`training_attention` in training/algorithms/run.py: cuDNN attention off)?
 
     python bench/attention_nan_check.py          # on a CUDA GPU: torch and cuDNN versions, then both counts
     python bench/attention_nan_check.py --steps 12 --db data/prefloop.duckdb   # which RLOO steps have that shape
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.common import training_attention  # noqa: E402
+from training.algorithms.run import training_attention  # noqa: E402
 
 PROMPT_TOKENS, COMPLETION_TOKENS, SEQUENCES = 64, 128, 16
 
@@ -58,9 +58,10 @@ def step_lengths(db: str, steps: int) -> None:
     from trl.trainer.utils import RepeatSampler
 
     from store import Store
-    from training.models import checkpoint_tokenizer, default_model, resolve_model
-    from training.ppo import train_prompts
-    from training.rloo import RLOOTrainConfig
+    from training.algorithms.rl_setup import train_prompts
+    from training.algorithms.rloo import RLOOTrainConfig
+    from training.model_source import default_model, resolve_model
+    from training.models import checkpoint_tokenizer
 
     config = RLOOTrainConfig()
     tokenizer = checkpoint_tokenizer(resolve_model(default_model()), None)

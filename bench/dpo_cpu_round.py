@@ -7,7 +7,7 @@
 1. The round (built once per --workdir, reused by later calls): a fresh database, the seed prompts, round 0 from the
    embedded SmolLM2-135M-Instruct; `prefloop generate`'s code samples k responses per train prompt (configs/generate.yaml
    with --samples) and keeps a pair per prompt until the round has --pairs pairs; the simulated judge (--judge,
-   training.judges:shorter) labels every pair as a person would through the store; `prefloop export` writes the round.
+   training.loop.judges:shorter) labels every pair as a person would through the store; `prefloop export` writes the round.
 2. The training run, timed: `make train-dpo DB=<copy of the round's database>` (configs/dpo.yaml, the command a user
    runs), as a child process. Each run gets its own copy of the database, so it starts from the base model as the
    first DPO run does, and the export's cached reference log-probs (cache_ref_logps) are deleted first, so each run
@@ -48,10 +48,10 @@ def build_round(workdir: Path, pairs: int, samples: int, max_new_tokens: int, ju
     from store import Store
     from store.importers import import_file
     from training.config import build
-    from training.export import ExportConfig, export
-    from training.judges import label_with_judge, load_judge
-    from training.loop_sim import LoopConfig, _generate
-    from training.rounds import start_round
+    from training.loop.export import ExportConfig, export
+    from training.loop.judges import label_with_judge, load_judge
+    from training.loop.loop_sim import LoopConfig, _generate
+    from training.loop.rounds import start_round
 
     if workdir.exists():
         shutil.rmtree(workdir)  # a half-built round from an interrupted call
@@ -101,14 +101,15 @@ def build_round(workdir: Path, pairs: int, samples: int, max_new_tokens: int, ju
 
 def profile_step(summary: dict, dpo_yaml: Path, variants: list[str], repeats: int) -> dict:
     """Time the parts of the run's first optimizer step (the trainer's first gradient_accumulation_steps
-    micro-batches), in this process, on the trainer training/dpo.py builds from `dpo_yaml`, once per variant:
+    micro-batches), in this process, on the trainer training/algorithms/dpo.py builds from `dpo_yaml`, once per variant:
     `ckpt` gradient checkpointing on, `full-head` the LM head over every position; `fast` neither."""
     from datasets import load_from_disk
 
+    from training.algorithms.dpo import DPOTrainConfig, build_trainer
     from training.config import build
-    from training.dpo import DPOTrainConfig, build_trainer
-    from training.lm_head import use_plain_lm_head
-    from training.models import load_trainable, resolve_model
+    from training.engine.lm_head import use_plain_lm_head
+    from training.model_source import resolve_model
+    from training.models import load_trainable
 
     dataset = load_from_disk(summary["export"])["train"].select_columns(["prompt", "chosen", "rejected"])
     results = {}
@@ -254,8 +255,8 @@ def greedy_answers(checkpoint: dict, conversations: list, max_new_tokens: int) -
     """Greedy answers of a registered checkpoint (base model + its adapter), one batch."""
     import torch
 
+    from training.engine.sampling import chat_inputs
     from training.models import load_for_generation
-    from training.sampling import chat_inputs
 
     model, tokenizer = load_for_generation(checkpoint)
     inputs = chat_inputs(tokenizer, conversations)
@@ -305,7 +306,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16, help="judged train pairs in the round")
     parser.add_argument("--samples", type=int, default=4, help="responses sampled per prompt (k)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="token limit of the round's responses")
-    parser.add_argument("--judge", default="training.judges:shorter", help="module:function of the simulated judge")
+    parser.add_argument("--judge", default="training.loop.judges:shorter", help="module:function of the simulated judge")
     parser.add_argument("--seed", type=int, default=3407, help="seed of generation and judge")
     parser.add_argument("--runs", type=int, default=1, help="timed `make train-dpo` runs (each from the base model)")
     parser.add_argument("--args", default="", help="extra ARGS for make train-dpo, e.g. a lever turned off")

@@ -6,7 +6,7 @@
 The batch is 4 preference pairs of about 130 tokens each (8 sequences) on the embedded SmolLM2-135M-Instruct, LoRA
 r=16 on q/k/v/o, float32. Timed, each as the median of --repeats runs after one warm-up:
   lora_step        the 8 sequences through the LoRA model with the causal-LM loss, forward + backward
-  dpo_plain        DPOTrainer.training_step with training/lm_head.py's plain LM head (prefloop's CPU path)
+  dpo_plain        DPOTrainer.training_step with training/engine/lm_head.py's plain LM head (prefloop's CPU path)
   dpo_plain_trl    the same under TRL's own defaults on CPU, bf16 autocast and gradient checkpointing (--trl-defaults)
   dpo_fused        DPOTrainer.training_step with TRL's fused LM head, the Triton kernel run by Triton's interpreter
                    (--fused; needs `pip install --target DIR triton` on PYTHONPATH and TRITON_INTERPRET=1, because
@@ -106,7 +106,7 @@ def compare_heads(trainer, batch) -> dict:
     """Max differences between the fused and the plain head on the same batch and weights."""
     import torch
 
-    from training.lm_head import use_plain_lm_head
+    from training.engine.lm_head import use_plain_lm_head
 
     # A fresh adapter (B = 0) makes the policy equal its reference and every reward zero on both paths; move the
     # trained adapter ("default", not the frozen "ref" copy) off zero so the rewards compared are not trivially equal.
@@ -152,8 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from training.lm_head import use_plain_lm_head
-    from training.models import resolve_model
+    from training.engine.lm_head import use_plain_lm_head
+    from training.model_source import resolve_model
 
     model_path = resolve_model(args.model)
     if args.threads:

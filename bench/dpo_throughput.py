@@ -14,7 +14,7 @@ imported first in its own process only.
 
 Paths: (a) `trl`: TRL's DPOTrainer with a PEFT LoraConfig and TRL's defaults (gradient checkpointing, bf16, padded
 random batches, the reference run in every step). (b) `unsloth`: Unsloth's FastLanguageModel + get_peft_model
-("unsloth" gradient checkpointing) under the same TRL defaults. (c) `prefloop`: `training.dpo.build_trainer` on
+("unsloth" gradient checkpointing) under the same TRL defaults. (c) `prefloop`: `training.algorithms.dpo.build_trainer` on
 `training.models.load_trainable`, what `prefloop train-dpo` runs (on a GPU with Unsloth installed, through Unsloth),
 with its default levers; the `+lever` configs turn one lever on over `levers-off`. What every path shares: the data,
 the LoRA shape, the optimiser settings (learning rate, constant schedule, seed), max_length, the batch per step.
@@ -225,7 +225,7 @@ def build_model(shape: Shape, tokenizer_path: str, model_dir: Path, device: str)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training.models import load_tokenizer
+    from training.model_source import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     config = qwen_config(shape, tokenizer)
@@ -336,8 +336,8 @@ def trl_trainer(spec: Spec, shape: Shape, train_dataset, clock):
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from training.lm_head import install_lm_head
-    from training.models import load_tokenizer
+    from training.engine.lm_head import install_lm_head
+    from training.model_source import load_tokenizer
 
     dtype = torch.bfloat16 if spec.device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype)
@@ -386,8 +386,9 @@ def unsloth_trainer(spec: Spec, shape: Shape, train_dataset, clock):
 
 
 def prefloop_trainer(spec: Spec, shape: Shape, train_dataset, clock):
-    from training import dpo, reference_logps
+    from training.algorithms import dpo
     from training.config import build
+    from training.engine import reference_logps
     from training.models import load_trainable
 
     values = schedule_args(spec, shape) | {
@@ -496,7 +497,7 @@ def step_clock(device: str):
 def count_tokens(trainer, clock) -> None:
     """Count every micro-batch's real, padded and computed tokens where the trainer computes its loss (no host sync
     unless length buckets split the batch, which reads the row lengths anyway)."""
-    from training.batching import plan_buckets
+    from training.engine.batching import plan_buckets
 
     compute_loss = trainer.compute_loss
 
@@ -538,7 +539,7 @@ def parse_config(text: str) -> tuple[str, tuple[str, dict, dict]]:
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    from training.models import load_tokenizer, resolve_model
+    from training.model_source import load_tokenizer, resolve_model
 
     shape_name = "smoke" if args.smoke else args.shape
     shape = SHAPES[shape_name]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from store import Candidates, Judgment, PromptIn, ResponseIn, Store
 from training.config import add_arguments, from_args, opt
-from training.evaluate import EvalConfig, Evaluator, spec_of
+from training.loop.evaluation import EvalConfig, Evaluator, spec_of
 
 SEEDS = Path(__file__).resolve().parent.parent / "store" / "seeds" / "prompts.jsonl"
 
@@ -58,7 +58,7 @@ def random_adapter(base: str, directory: Path, reward: bool) -> str:
 
 
 def build(store: Store, config: BenchConfig, workdir: Path) -> tuple[dict, dict]:
-    from training.models import resolve_model
+    from training.model_source import resolve_model
 
     store.heldout_fraction = 1.0
     seeds = [json.loads(line)["messages"] for line in SEEDS.read_text().splitlines() if line.strip()]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from store import Candidates, Judgment, PromptIn, ResponseIn, Store
-from training.export import ExportConfig, export
+from training.loop.export import ExportConfig, export
 
 WORDS = "the model answers a question about water boils at sea level because pressure and heat matter here".split()
 

@@ -5,7 +5,7 @@
     taskset -c 0,1 python bench/gen_cpu_bench.py --model /path/to/model   # another model, pinned to two cores
 
 Each batch size samples that many different prompts once (one left-padded `generate` call, after a warm-up call),
-through the same `training.sampling.sample` that `prefloop generate` and `prefloop eval` use. Reported: generated tokens (up to the
+through the same `training.engine.sampling.sample` that `prefloop generate` and `prefloop eval` use. Reported: generated tokens (up to the
 end-of-turn token, padding not counted) per second of wall time, and the share of responses cut at the token limit.
 """
 
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from training.models import EMBEDDED_NAME, load_for_generation
-from training.sampling import Decoding, sample
+from training.engine.sampling import Decoding, sample
+from training.model_source import EMBEDDED_NAME
+from training.models import load_for_generation
 
 PROMPTS = [
     "What is the capital of France?",

@@ -1,4 +1,4 @@
-"""Candidate-generation throughput: transformers' `generate` against training/decode.py's static decoder.
+"""Candidate-generation throughput: transformers' `generate` against training/engine/decode.py's static decoder.
 
     # GPU box, with bench/gpu_check.sh's environment (PYTHONPATH=/root/devcarry/site:/root/work/pkg:$PWD,
     # PREFLOOP_CACHE=/root/work/cache, HF_HUB_OFFLINE=1) and the embedded model converted (`python3 -m training.cli
@@ -17,7 +17,7 @@ Prompts are sorted by length into batches of batch / samples prompts, the same b
 Paths, each at every batch size asked for (default 32, the kind of batch `prefloop generate` ran with, and 512, all
 sequences at once), in the model's dtype (bfloat16 on a GPU):
   hf      model.generate (transformers, SDPA attention, dynamic cache); warm-up: one short call, not timed
-  static  training.decode.StaticDecoder: static KV cache and the decode step captured as a CUDA graph (--no-graphs:
+  static  training.engine.decode.StaticDecoder: static KV cache and the decode step captured as a CUDA graph (--no-graphs:
           the same steps eagerly). Its first pass over the batches (graph capture included) is reported apart from
           the second pass, the steady state that tokens/s is computed from.
 Greedy identity: every prompt once, greedy, stopping at the end-of-turn token, all prompts in one batch for both
@@ -77,7 +77,7 @@ def seed_conversations(n: int) -> list[list[dict]]:
 
 def encode_prompts(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
     """Each conversation's prompt tokens, unpadded (batches are padded again once they are formed)."""
-    from training.sampling import chat_inputs
+    from training.engine.sampling import chat_inputs
 
     inputs = chat_inputs(tokenizer, conversations)
     return [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
@@ -121,7 +121,7 @@ class Bench:
 
     def batches(self, batch_size: int, samples: int):
         """(input_ids, attention_mask) of the prompts, batch_size // samples at a time, longest prompts first."""
-        from training.decode import length_buckets
+        from training.engine.decode import length_buckets
 
         for indices in length_buckets([len(p) for p in self.prompts], max(1, batch_size // samples)):
             yield left_pad([self.prompts[i] for i in indices], self.pad)
@@ -171,7 +171,7 @@ class Bench:
         return time.perf_counter() - start
 
     def throughput(self, path: str, batch_size: int) -> dict:
-        from training.decode import StaticDecoder
+        from training.engine.decode import StaticDecoder
 
         args = self.args
         tokens = len(self.prompts) * args.samples * args.new_tokens
@@ -196,7 +196,7 @@ class Bench:
 
     def identity(self, model, dtype: str) -> dict:
         """Greedy, EOS respected, every prompt once in one batch: our tokens against transformers'."""
-        from training.decode import StaticDecoder
+        from training.engine.decode import StaticDecoder
 
         args = self.args
         ids, mask = next(self.batches(len(self.prompts), 1))
@@ -288,7 +288,8 @@ def main() -> int:
     import torch
     import transformers
 
-    from training.models import EMBEDDED_NAME, load_for_generation, resolve_model
+    from training.model_source import EMBEDDED_NAME, resolve_model
+    from training.models import load_for_generation
 
     with tempfile.TemporaryDirectory() as scratch:
         model_name = args.model

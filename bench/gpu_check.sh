@@ -6,7 +6,7 @@
 #   (device) bash bench/gpu_check.sh trainers ; bash bench/gpu_check.sh dpo7b    # on the same warm machine
 #
 # Stages (each well inside the device's 10-minute limit); results are copied to $OUT (or ./gpu-out):
-#   loop      convert the embedded model, then `loop-sim` 3 rounds x 128 judged pairs, judge training.judges:shorter
+#   loop      convert the embedded model, then `loop-sim` 3 rounds x 128 judged pairs, judge training.loop.judges:shorter
 #   trainers  train-sft, train-rm and train-dpo through Unsloth on the loop's last export (step time, tok/s, memory)
 #   ppo       a reward model on simulated labels, then train-ppo against it (reward and KL curves)
 #   ppo-eval  eval of the base and PPO checkpoints on held-out prompts (reward-model score, KL, length)
@@ -41,7 +41,7 @@ simulated_reward_model() {
   $cli import store/seeds/prompts.jsonl --kind prompts --source seed
   $cli round new --if-none
   timed gen $cli generate --num-prompts 160 --max-new-tokens 128 --batch-size 320 --engine hf
-  $cli label-sim --judge training.judges:shorter
+  $cli label-sim --judge training.loop.judges:shorter
   $cli export --name simulated-labels
   timed rm $cli train-rm --output-dir "$1" --num-train-epochs 2
 }
@@ -51,7 +51,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep |
     $cli model
     export PREFLOOP_DB=/root/work/smoke.duckdb
     printf 'prompts: 32\n' > /root/work/smoke-eval.yaml
-    timed smoke $cli loop-sim --name smoke --rounds 1 --judge training.judges:structured --pairs-per-round 32 \
+    timed smoke $cli loop-sim --name smoke --rounds 1 --judge training.loop.judges:structured --pairs-per-round 32 \
       --heldout-pairs 32 --eval-config /root/work/smoke-eval.yaml --report-dir /root/work/smoke-reports
     cp /root/work/smoke-reports/smoke.json "$out/"
     ;;
@@ -65,7 +65,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep |
     ;;
   loop)
     $cli model
-    timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.judges:shorter --pairs-per-round 128 \
+    timed loop $cli loop-sim --name h100-loop --rounds 3 --judge training.loop.judges:shorter --pairs-per-round 128 \
       --heldout-pairs 32 --eval-prompts 128 --max-new-tokens 160 --generate-batch-size 64 --eval-batch-size 64 \
       --report-dir /root/work/reports
     cp /root/work/reports/h100-loop.* "$out/"

@@ -13,7 +13,7 @@ next pair; network and browser painting are not included. AppTest's own overhead
 parsing the output) is included, so the numbers err high. Also reported per submit: how long it waited for the store's
 cross-process lock, and how long it held it (the transaction: attach, statements, commit, detach).
 
-With exports, another process runs `training.export.export` in a loop over a database holding --judgments judgments
+With exports, another process runs `training.loop.export.export` in a loop over a database holding --judgments judgments
 (built by bench/export_bench.py's `build`), so the UI competes with the export's reads (short transactions of
 `store.generation.EXPORT_CHUNK_PAIRS` pairs) for the database and with its dataset building for the CPU. The load
 average (`os.getloadavg`, as `uptime` shows it) is recorded before and after each run: on a shared machine it says
@@ -105,7 +105,7 @@ def session(db: str, token: str, submits: int, think: float, seed: int, ready, r
 def export_loop(db: str, output_dir: str, stop, results) -> None:
     from datasets import disable_progress_bars
 
-    from training.export import ExportConfig, export
+    from training.loop.export import ExportConfig, export
 
     disable_progress_bars()
     store, durations = Store(db), []
@@ -115,6 +115,30 @@ def export_loop(db: str, output_dir: str, stop, results) -> None:
         export(store, ExportConfig(output_dir=output_dir, name=f"latency-{len(durations)}-{os.getpid()}"))
         durations.append(time.perf_counter() - start)
     results.put((durations, max((h for _, h in spans), default=0.0)))
+
+
+def wait_for_all(ready, workers, timeout: float = 600) -> None:
+    """The barrier every session reaches once signed in; a worker that died first is named, not waited for forever."""
+    import threading
+
+    try:
+        ready.wait(timeout)
+    except threading.BrokenBarrierError:
+        dead = [f"{p.name} exit code {p.exitcode}" for p in workers if p.exitcode is not None]
+        raise SystemExit(f"sessions did not all sign in within {timeout:.0f} s; {', '.join(dead) or 'none exited'}") from None
+
+
+def next_result(results, workers):
+    """The next session's timings; raises when a worker died without sending them."""
+    import queue
+
+    while True:
+        try:
+            return results.get(timeout=5)
+        except queue.Empty:
+            dead = [f"{p.name} exit code {p.exitcode}" for p in workers if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"a session died: {', '.join(dead)}") from None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,10 +157,10 @@ def run(db: Path, sessions: int, submits: int, think: float, exports: bool, tmp:
         workers.append(ctx.Process(target=export_loop, args=(str(db), str(tmp / "exports"), stop, export_results)))
     for process in workers:
         process.start()
-    ready.wait()
+    wait_for_all(ready, workers)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    timed = [t for _ in range(sessions) for t in results.get()]
+    timed = [t for _ in range(sessions) for t in next_result(results, workers)]
     elapsed = time.perf_counter() - start
     load_after = os.getloadavg()[0]
     stop.set()

@@ -5,7 +5,7 @@
     bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
 
 Each variant (bench/loop_variants.yaml) lays DPOTrainConfig fields over configs/dpo.yaml, GenerateConfig fields over
-configs/generate.yaml and LoopConfig fields over the loop's defaults; each judge is a function of training/judges.py
+configs/generate.yaml and LoopConfig fields over the loop's defaults; each judge is a function of training/loop/judges.py
 (`name` or `name@noise` for a noisy annotator). Every loop runs in its own folder
 under --work (database, checkpoints, report), as its own process; a rerun of the same command skips loops that
 finished and resumes the others from their state files (loop-sim's own resume). The embedded model is converted once
@@ -60,7 +60,7 @@ def start(variant: str, judge: str, configs: dict[str, Path], loop: dict, work: 
     judge_name, _, noise = judge.partition("@")
     command = [
         sys.executable, "-m", "training.cli", "--db", str(folder / "loop.duckdb"), "loop-sim", "--name", name,
-        "--judge", f"training.judges:{judge_name}", "--noise", noise or "0", "--rounds", str(args.rounds),
+        "--judge", f"training.loop.judges:{judge_name}", "--noise", noise or "0", "--rounds", str(args.rounds),
         "--pairs-per-round", str(args.pairs), "--heldout-pairs", str(args.heldout_pairs),
         "--prompts-file", str(ROOT / "store" / "seeds" / "prompts.jsonl"),
         "--generate-config", str(configs["generate"]), "--dpo-config", str(configs["dpo"]),

@@ -18,7 +18,7 @@ import streamlit as st
 
 from labeler.render import plain
 from store import Store
-from training.metrics import Estimate, describe_win_rate, label_quality
+from training.metrics import Estimate, describe_win_rate, label_quality, result_rows
 
 METRIC_LABELS = {
     "judge_win_rate_vs_round0": "win rate vs round 0 (simulated judge)",
@@ -36,21 +36,7 @@ WIN_RATES_VS_PREVIOUS = ("win_rate_vs_previous", "judge_win_rate_vs_previous")
 
 def eval_frame(store: Store) -> pd.DataFrame:
     """One row per stored metric with the checkpoint's kind and a series name (metric · kind) to draw it by."""
-    rows = [
-        dict(
-            round=r["round_id"],
-            checkpoint=r["checkpoint_id"],
-            kind=r["checkpoint_kind"],
-            metric=r["metric"],
-            value=r["value"],
-            ci_low=r["ci_low"],
-            ci_high=r["ci_high"],
-            n=r["n"],
-            source=r["details"].get("source", ""),
-        )
-        for r in store.list_eval_results()
-        if r["value"] is not None
-    ]
+    rows = [row for row in result_rows(store.list_eval_results()) if row["value"] is not None]
     frame = pd.DataFrame(
         rows, columns=["round", "checkpoint", "kind", "metric", "value", "ci_low", "ci_high", "n", "source"]
     )

@@ -1,6 +1,6 @@
 """Exports from the Data page: written next to the database, summarised in words, downloaded as a zip.
 
-The labeler reaches the export code through `export_dataset` alone (today it runs `training.export.export`; when the
+The labeler reaches the export code through `export_dataset` alone (today it runs `training.loop.export.export`; when the
 export moves to a layer the labeler and training share, only that function changes). Its folders go to
 `<the database's folder>/exports/<name>`, whatever directory the server was started from.
 """
@@ -26,7 +26,7 @@ def export_dataset(store: Store, scope: str, name: str | None, both_bad: str, ac
     """Build, write and register one export of `scope` (a round number, 'latest' or 'all') as `actor` (the signed-in
     admin, checked by the store); returns its id, name, path and counts. Raises StoreError or ValueError (a bad name,
     nothing to export) with a message to show."""
-    from training.export import ExportConfig, export
+    from training.loop.export import ExportConfig, export
 
     config = ExportConfig(name=name, round=scope, both_bad=both_bad, output_dir=str(exports_dir(store)))
     return export(store, config, actor=actor)

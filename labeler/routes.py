@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from labeler.app_store import get_store
 from store import Actor, StoreError
 from store.sessions import SESSION_MAX, session_id_of
 
@@ -60,12 +61,6 @@ class _Grants:
 grants = _Grants()
 
 
-def _store():
-    from labeler.session import open_store  # the script's module: one Store per database path, shared
-
-    return open_store()
-
-
 async def _body(request: Request, limit: int = 200) -> str:
     body = await request.body()
     return body[:limit].decode("ascii", errors="replace").strip()
@@ -88,7 +83,7 @@ async def end_session(request: Request) -> Response:
     secret, meant = request.cookies.get(COOKIE), await _body(request, 100)
     if not secret or session_id_of(secret) != meant:
         return JSONResponse({"ok": False})
-    await run_in_threadpool(_store().end_session, meant)
+    await run_in_threadpool(get_store().end_session, meant)
     response = JSONResponse({"ok": True})
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
@@ -107,7 +102,7 @@ async def _with_lease(request: Request, action) -> Response:
         return JSONResponse({"error": "no session or no pair id"}, status_code=403)
 
     def run():
-        store, session_id = _store(), session_id_of(secret)
+        store, session_id = get_store(), session_id_of(secret)
         if session_id not in _annotator_of_session:
             found = store.resume_session(secret)
             if found is None:

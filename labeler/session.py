@@ -23,14 +23,13 @@ Wrong tokens are slowed down and then locked out (`labeler/brake.py`).
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from datetime import datetime, timedelta
 
 import streamlit as st
 
 from labeler import browser
+from labeler.app_store import get_store
 from labeler.brake import SignInBrake, client_of_request
 from labeler.render import focus_field, plain
 from labeler.routes import COOKIE, grants
@@ -38,23 +37,8 @@ from store import Actor, Annotator, SessionEnded, Store, StoreError
 from store.sessions import session_id_of
 from store.store import utcnow
 
-DEFAULT_DB = "data/prefloop.duckdb"
 RECHECK_SECONDS = 60
 BRAKE = SignInBrake()
-_stores: dict[str, Store] = {}
-_stores_lock = threading.Lock()
-
-
-def open_store() -> Store:
-    """The process's Store for PREFLOOP_DB (it holds no connection: one serves every session and route)."""
-    path = os.environ.get("PREFLOOP_DB") or DEFAULT_DB
-    with _stores_lock:
-        if path not in _stores:
-            _stores[path] = Store(path)
-        return _stores[path]
-
-
-get_store = open_store
 
 
 def current_annotator() -> Annotator | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from store.db import StoreError
-from store.sessions import Actor, authorize
 from store.store import canonical_json, rows_as_dicts, utcnow
 
 CHECKPOINT_KINDS = ("base", "sft", "dpo", "reward", "ppo", "rloo", "merged")
@@ -92,24 +91,6 @@ class RunsMixin:
     def list_rounds(self) -> list[dict]:
         with self.transaction("list rounds") as con:
             return rows_as_dicts(con.execute("SELECT * FROM rounds ORDER BY id"))
-
-    # --- exports, training runs, evaluation -------------------------------------------------------------------
-    def register_export(self, name: str, path: str, round_id: int | None, policy: dict, counts: dict,
-                        actor: Actor | None = None) -> int:
-        """Record an export written to `path`; an `actor` must be a live admin."""
-        with self.transaction("register export") as con:
-            authorize(con, actor, ("admin",))
-            if con.execute("SELECT 1 FROM exports WHERE name = ?", [name]).fetchone():
-                raise StoreError(f"an export named {name!r} already exists")
-            return con.execute(
-                "INSERT INTO exports (name, path, round_id, policy, counts, created_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "RETURNING id",
-                [name, path, round_id, canonical_json(policy), canonical_json(counts), utcnow()],
-            ).fetchone()[0]
-
-    def list_exports(self) -> list[dict]:
-        with self.transaction("list exports") as con:
-            return _decode(rows_as_dicts(con.execute("SELECT * FROM exports ORDER BY id")))
 
     def start_training_run(
         self,

@@ -17,7 +17,7 @@ from store import Judgment, PairIn, PairReassigned, Store, StoreError
 from store.store import utcnow
 from tests.labeling_data import judge, make_round, simple_items
 from tests.test_store import select
-from training.judges import label_with_judge
+from training.loop.judges import label_with_judge
 
 
 def people(store, *names):

@@ -1,4 +1,4 @@
-"""DPO throughput levers (training/batching.py, training/reference_logps.py) and bench/dpo_throughput.py's CPU smoke.
+"""DPO throughput levers (training/engine/batching.py, training/engine/reference_logps.py) and bench/dpo_throughput.py's CPU smoke.
 
 A lever may change how fast DPO trains, never what it computes: each is checked against TRL's own computation on the
 same batch. How fast is bench/dpo_throughput.py's job on a GPU, not a test's.
@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.training_data import register_export, tiny
-from training import dpo
-from training.batching import (
+from training.algorithms import dpo
+from training.engine.batching import (
     MIN_SAVING,
     LengthGroupedSampler,
     length_grouped_order,
@@ -30,8 +30,8 @@ from training.batching import (
     plan_buckets,
     use_length_buckets,
 )
+from training.engine.reference_logps import attach_reference_logps
 from training.models import load_trainable
-from training.reference_logps import attach_reference_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over lazy dog sky sea blue one world".split()
@@ -286,7 +286,7 @@ def test_the_cpu_levers_train_the_steps_of_trls_plain_path(tiny_model_dir, tmp_p
     every step of two epochs, the same adapter at the end."""
     from datasets import DatasetDict
 
-    from training import lm_head
+    from training.engine import lm_head
 
     base = store.register_checkpoint("base", str(tiny_model_dir))
     store.new_round(base)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from store import Judgment, PromptIn
-from training.evaluate import EvalConfig, Evaluator, Spec
+from training.loop.evaluation import EvalConfig, Evaluator, Spec
 from training.metrics import bootstrap_by_group
 
 PLANTED_SCALE = 0.42  # scales the planted adapter's B matrices to a KL of about 0.1 nats per response (measured)
@@ -61,7 +61,7 @@ def float64_kl(base_dir, adapter_dir, draws) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.logprobs import completion_logprobs
+    from training.engine.logprobs import completion_logprobs
 
     pad = AutoTokenizer.from_pretrained(base_dir).pad_token_id
     sequences = [(s.prompt_ids, s.completion_ids) for s in draws]

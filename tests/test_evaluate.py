@@ -130,7 +130,7 @@ def manual_logps(model, tokenizer, messages, response):
     """log p(response | prompt) from one unpadded forward pass, token by token."""
     import torch
 
-    from training.logprobs import completion_ids
+    from training.engine.logprobs import completion_ids
 
     prompt, completion = completion_ids(tokenizer, messages, response)
     with torch.no_grad():
@@ -141,7 +141,7 @@ def manual_logps(model, tokenizer, messages, response):
 def test_batched_logprobs_equal_one_at_a_time_forward(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.logprobs import response_logprobs
+    from training.engine.logprobs import response_logprobs
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -202,6 +202,22 @@ def test_final_labels_and_label_rows(store, scenario):
     assert len(store.label_rows()) == len(rows)
 
 
+def test_gold_answers_are_set_listed_and_cleared_from_the_command_line(store, db_path, capsys):
+    prompt = store.add_prompts([PromptIn([{"role": "user", "content": "2 + 2?"}], "test")]).ids[0]
+    checkpoint = store.register_checkpoint("base", "m")
+    round_id = store.new_round(checkpoint)
+    pair = add_pair(store, prompt, ("4", "5"), (checkpoint, checkpoint), round_id, "samples")
+    assert main(["--db", str(db_path), "gold", "set", str(pair), "a"]) == 0
+    assert store.gold_pairs() == [dict(pair_id=pair, round_id=round_id, gold_choice="a", judgments=0, correct=0)]
+    capsys.readouterr()
+    assert main(["--db", str(db_path), "gold", "list"]) == 0
+    assert str(pair) in capsys.readouterr().out
+    assert main(["--db", str(db_path), "gold", "clear", str(pair)]) == 0
+    assert store.gold_pairs() == []
+    assert main(["--db", str(db_path), "gold", "set", "99999", "b"]) == 1
+    assert "pair 99999 does not exist" in capsys.readouterr().err
+
+
 def _results(store):
     return {(r["checkpoint_id"], r["metric"]): r for r in store.list_eval_results()}
 
@@ -211,7 +227,7 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.evaluate import load_reward_model
+    from training.engine.reward_scoring import load_reward_model
 
     s = scenario
     judge_vs_previous(store, s)
@@ -302,7 +318,8 @@ def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
     assert win["n"] == 12 and 0 <= win["value"] <= 1  # 3 prompts x 4 samples of each model
     assert win["value"] * 24 == pytest.approx(round(win["value"] * 24))  # wins and half-point ties over 12
     # The mean reward of the same samples, by the same reward model, scored one at a time.
-    from training.evaluate import EvalConfig, Evaluator, score_responses, spec_of
+    from training.engine.reward_scoring import score_responses
+    from training.loop.evaluation import EvalConfig, Evaluator, spec_of
 
     evaluator = Evaluator(store, EvalConfig(prompts=3, max_new_tokens=5))
     samples = evaluator.samples(spec_of(store.get_checkpoint(s["dpo"])))
@@ -320,7 +337,7 @@ def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
 
 
 def test_default_selection_is_latest_policy_and_reward(store, scenario):
-    from training.evaluate import checkpoint_round, select_checkpoints
+    from training.loop.evaluation import checkpoint_round, select_checkpoints
 
     s = scenario
     assert [c["id"] for c in select_checkpoints(store, None, False)] == [s["dpo"], s["reward"]]

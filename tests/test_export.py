@@ -6,7 +6,7 @@ import pytest
 
 from store import Candidates, Judgment, PromptIn, ResponseIn, Store, StoreError
 from training.cli import main
-from training.export import ExportConfig, export, resolve
+from training.loop.export import ExportConfig, export, resolve
 
 
 class Fixture:

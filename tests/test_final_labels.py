@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from store import Judgment, PromptIn, Store
 from store.prompts import insert_rows, pair_hash
 from store.store import utcnow
-from training.export import ExportConfig, resolve
+from training.loop.export import ExportConfig, resolve
 
 CHOICES = ["a", "b", "tie", "both_bad"]
 pair_specs = st.fixed_dictionaries(

@@ -8,10 +8,10 @@ from store import PromptIn, Store, StoreError
 from store.prompts import pair_hash
 from training.cli import main
 from training.config import ConfigError
-from training.generate import ROUND_SEED_STRIDE, GenerateConfig, generate
-from training.pair_selection import eligible_pairs, select_pair, shuffle_sides
-from training.rounds import start_round
-from training.sampling import Sample
+from training.engine.sampling import Sample
+from training.loop.generation import ROUND_SEED_STRIDE, GenerateConfig, generate
+from training.loop.pair_selection import eligible_pairs, select_pair, shuffle_sides
+from training.loop.rounds import start_round
 
 MAX_NEW_TOKENS = 12
 
@@ -219,7 +219,7 @@ def test_auto_engine_is_static_on_a_gpu_without_unsloth(monkeypatch):
     import sys
 
     from training import models
-    from training.sampling import engine_for
+    from training.engine.sampling import engine_for
 
     def engine(**overrides):
         return engine_for(config(**overrides).decoding)
@@ -261,7 +261,7 @@ def test_round_and_generate_commands(db_path, tiny_model_dir, stopping_model_dir
     assert store.get_round()["overlap_target"] == 3 and store.get_round()["checkpoint_id"] == checkpoint["id"]
 
 
-# --- the static decoder (training/decode.py) ----------------------------------------------------------------------
+# --- the static decoder (training/engine/decode.py) ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -297,9 +297,9 @@ def test_static_decoder_greedy_matches_generate(chatty_model_dir):
 
     import torch
 
-    from training.decode import StaticDecoder
+    from training.engine.decode import StaticDecoder
+    from training.engine.sampling import chat_inputs
     from training.models import load_for_generation
-    from training.sampling import chat_inputs
 
     model, tokenizer = load_for_generation({"id": None, "base_model": str(chatty_model_dir), "adapter_path": None})
     pad, new_tokens = tokenizer.pad_token_id, 40
@@ -344,7 +344,7 @@ def test_top_p_sampling_draws_from_transformers_nucleus():
     import torch
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from training.decode import sample_top_p
+    from training.engine.decode import sample_top_p
 
     torch.manual_seed(0)
     rows, vocab, grid = 6, 40, 4096
@@ -370,9 +370,9 @@ def test_decode_step_never_reads_back_to_the_host(tiny_model_dir):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from training.decode import StaticDecoder
+    from training.engine.decode import StaticDecoder
+    from training.engine.sampling import chat_inputs
     from training.models import load_for_generation
-    from training.sampling import chat_inputs
 
     class Record(TorchDispatchMode):
         def __init__(self):
@@ -402,7 +402,7 @@ def test_static_decoder_rejects_bad_input(tiny_model_dir, adapter_dir):
     import torch
     from peft import PeftModel
 
-    from training.decode import DecodeError, StaticDecoder
+    from training.engine.decode import DecodeError, StaticDecoder
     from training.models import load_for_generation
 
     model, _ = load_for_generation({"id": None, "base_model": str(tiny_model_dir), "adapter_path": None})
@@ -461,9 +461,9 @@ def test_reward_model_picks_its_highest_against_its_lowest(store, stopping_model
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from training.evaluate import load_reward_model, score_responses
+    from training.engine.reward_scoring import load_reward_model, score_responses
+    from training.engine.sampling import sample
     from training.models import load_for_generation
-    from training.sampling import sample
 
     add_prompts(store, 20)
     base = store.register_checkpoint("base", str(stopping_model_dir))
@@ -502,9 +502,9 @@ def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, ada
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.logprobs import completion_logprobs
+    from training.engine.logprobs import completion_logprobs
+    from training.engine.sampling import sample
     from training.models import load_for_generation
-    from training.sampling import sample
 
     add_prompts(store, 20)
     base = store.register_checkpoint("base", str(stopping_model_dir))

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from labeler import labeling, session
 from labeler.guidelines import SETTING
 from labeler.render import inert_markdown, shown_left
-from store import Judgment
+from store import BrowseFilter, Judgment
 from tests.labeling_data import judge, make_round, simple_items
 from training.cli import main as prefloop
 
@@ -483,11 +483,14 @@ def test_review_queries_count_progress_and_disagreements(store):
     assert progress == {"judged_since": 3, "needed": 6, "done": 5, "left": 1}
     assert store.round_progress() == [{"round": round_id, "pairs": 3, "needed": 6, "done": 5}]
 
-    assert [(d["pair_id"], d["a"], d["b"], d["tie"]) for d in store.disagreements()] == [(p1, 2, 0, 1), (p0, 1, 1, 0)]
+    def disagreements(**only) -> dict:  # what the Review page lists by default
+        rows, _ = store.browse_pairs(BrowseFilter(agreement="disagree", judged=True, **only))
+        return {d["pair_id"]: (d["a"], d["b"], d["tie"], d["final_choice"]) for d in rows}
+
+    assert disagreements(adjudicated=False) == {p1: (2, 0, 1, None), p0: (1, 1, 0, None)}
     store.adjudicate(p0, admin.id, "b", "b is right")
-    assert [d["pair_id"] for d in store.disagreements()] == [p1]
-    assert {d["pair_id"]: d["final_choice"] for d in store.disagreements(include_adjudicated=True)} == {p1: None,
-                                                                                                      p0: "b"}
+    assert list(disagreements(adjudicated=False)) == [p1]
+    assert {pair: row[3] for pair, row in disagreements().items()} == {p1: None, p0: "b"}
     review = store.pair_review(p0)
     assert [(j["annotator"], j["choice"]) for j in review["judgments"]] == [("bob", "a"), ("carol", "b")]
     assert review["adjudication"]["admin"] == "root" and review["adjudication"]["note"] == "b is right"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from training.config import build
-from training.judges import contains_word, label_with_judge, load_judge, shorter
-from training.loop_sim import LoopConfig, run_loop
+from training.loop.judges import contains_word, label_with_judge, load_judge, shorter
+from training.loop.loop_sim import LoopConfig, run_loop
 
 SEEDS = Path(__file__).resolve().parents[1] / "store" / "seeds" / "prompts.jsonl"
 
@@ -49,7 +49,7 @@ def test_builtin_judges_and_loading():
     with pytest.raises(ValueError, match="module:function"):
         load_judge("no_colon")
     with pytest.raises(ValueError, match="has no function"):
-        load_judge("training.judges:missing")
+        load_judge("training.loop.judges:missing")
 
 
 def scaled_down_recipe(tmp_path):
@@ -85,7 +85,7 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
         dict(
             name="cpu-loop",
             rounds=2,
-            judge="training.judges:shorter",
+            judge="training.loop.judges:shorter",
             prompts_file=str(SEEDS),
             pairs_per_round=48,
             heldout_pairs=24,
@@ -100,7 +100,7 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     report = (tmp_path / "reports" / "cpu-loop.md").read_text()
     assert "| 2 |" in report and (tmp_path / "reports" / "cpu-loop.png").stat().st_size > 0
     summary = json.loads((tmp_path / "reports" / "cpu-loop.json").read_text())
-    assert (summary["judge"], summary["noise"], summary["rounds"]) == ("training.judges:shorter", 0.0, 2)
+    assert (summary["judge"], summary["noise"], summary["rounds"]) == ("training.loop.judges:shorter", 0.0, 2)
     win = summary["win_rate_vs_round0"]
     assert win["n"] == 32 * 4 and win["low"] > 0.5, win  # 32 held-out prompts x 4 samples of each model
     last_kl = rows[-1]["kl_to_base"]
@@ -127,7 +127,7 @@ def test_health_check_stops_a_collapsed_policy(store, stopping_model_dir, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from store import PromptIn
-    from training.loop_sim import LoopError, _check_health
+    from training.loop.loop_sim import LoopError, _check_health
 
     monkeypatch.chdir(tmp_path)
     store.heldout_fraction = 1.0

@@ -1,4 +1,4 @@
-"""PPO (training/ppo.py) and RLOO (training/rloo.py): the math against hand computations, learning on a tiny model,
+"""PPO (training/algorithms/ppo.py) and RLOO (training/algorithms/rloo.py): the math against hand computations, learning on a tiny model,
 and the CLI paths that read the registered reward model and register new checkpoints."""
 
 from __future__ import annotations
@@ -11,23 +11,11 @@ import pytest
 import torch
 
 from store import PromptIn
+from training.algorithms.ppo import PPOConfig, load_policy, response_batch, train_ppo
+from training.algorithms.ppo_math import KLController, gae, logprobs_at_temperature, policy_loss, value_loss, whiten
 from training.cli import main as cli_main
+from training.engine.reward_scoring import load_reward_model, per_token_scores, reward_model_fn
 from training.models import checkpoint_tokenizer
-from training.ppo import (
-    KLController,
-    PPOConfig,
-    gae,
-    load_policy,
-    load_reward_model,
-    logprobs_at_temperature,
-    per_token_scores,
-    policy_loss,
-    reward_model_fn,
-    train_ppo,
-    truncate_after_eos,
-    value_loss,
-    whiten,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -99,9 +87,12 @@ def test_clipped_value_loss_matches_hand_computation():
 
 
 def test_truncate_after_first_eos_keeps_pad_sampled_before_it():
-    eos, pad = 2, 0
-    responses = torch.tensor([[5, 0, 2, 7, 2], [5, 6, 7, 8, 9], [2, 4, 4, 4, 4]])
-    cut, mask, has_eos = truncate_after_eos(responses, eos, pad)
+    from training.engine.sampling import Sample
+
+    pad = 0  # EOS is token 2; the sampler cut each completion after its first one
+    completions = [([5, 0, 2], "stop"), ([5, 6, 7, 8, 9], "length"), ([2], "stop")]
+    samples = [Sample([1], ids, "", len(ids), reason) for ids, reason in completions]
+    cut, mask, has_eos = response_batch(samples, pad)
     assert cut.tolist() == [[5, 0, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
     assert mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5, [True] + [False] * 4]
     assert has_eos.tolist() == [True, False, True]
@@ -166,7 +157,7 @@ def test_reward_score_is_read_at_last_real_token(rl_store, tiny_model_dir):
     store, _, reward_id = rl_store
     checkpoint = store.get_checkpoint(reward_id)
     tokenizer = checkpoint_tokenizer(str(tiny_model_dir), checkpoint["adapter_path"])
-    model = load_reward_model(str(tiny_model_dir), checkpoint["adapter_path"], torch.float32)
+    model, _ = load_reward_model(checkpoint, torch.float32)
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2]]
     responses = ["yes", "The quick brown fox jumps over the lazy dog.", ""]
     batched = reward_model_fn(model, tokenizer, batch_size=3)(prompts, responses, [[]] * 3)
@@ -288,7 +279,7 @@ def test_reference_adapter_stays_frozen_while_policy_trains(tiny_model_dir, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.ppo import REFERENCE_ADAPTER, _reference
+    from training.algorithms.ppo import REFERENCE_ADAPTER, _reference
 
     adapter = tmp_path / "start-adapter"
     torch.manual_seed(3)

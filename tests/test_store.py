@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from store import Judgment, PromptIn, ResponseIn, Store, StoreError, latest_version
-from store.labels import hash_token
+from store.annotators import hash_token
 from store.prompts import insert_rows, pair_hash, prompt_hash, split_for
 from store.store import rows_as_dicts, utcnow
 from tests.labeling_data import judge

@@ -15,9 +15,9 @@ from transformers import TrainerCallback
 
 from store import Store
 from tests.training_data import PROMPTS, preference_rows, register_export, tiny
-from training import dpo, merge, reward, sft
-from training.callbacks import NonFiniteLossError
-from training.common import TrainingError
+from training.algorithms import dpo, merge, reward, sft
+from training.algorithms.callbacks import NonFiniteLossError
+from training.algorithms.run import TrainingError
 from training.models import load_adapter_model
 
 
@@ -366,7 +366,7 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from training.lm_head import choose_lm_head, projects_hidden_states_only, use_plain_lm_head
+    from training.engine.lm_head import choose_lm_head, projects_hidden_states_only, use_plain_lm_head
 
     input_ids = torch.tensor([[5, 17, 33, 2, 40, 41, 0, 0], [7, 8, 9, 10, 11, 12, 13, 14]])
     attention_mask = (torch.arange(8) < torch.tensor([[6], [8]])).long()
@@ -411,7 +411,8 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
 
 def test_configs_load_and_the_command_line_overrides_them(tmp_path):
     from training.config import ConfigError, build
-    from training.models import ModelError, uses_gradient_checkpointing
+    from training.model_source import ModelError
+    from training.models import uses_gradient_checkpointing
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     config = build(dpo.DPOTrainConfig, configs / "dpo.yaml", {"beta": "0.25", "loss_type": "ipo,sigmoid"})
@@ -477,7 +478,7 @@ def test_cli_train_dpo_with_an_ipo_loss(tiny_model_dir, tmp_path, db_path, capsy
 def test_min_steps_raises_the_epochs_of_a_small_export():
     """A round with few decisive labels still trains: 8 pairs at 8 a step make 1 step an epoch, so at least 16 steps
     take 16 epochs; an export large enough for the configured epochs is left alone."""
-    from training.common import TrainConfig, epochs_for
+    from training.algorithms.run import TrainConfig, epochs_for
 
     config = TrainConfig(num_train_epochs=2, min_steps=16, per_device_train_batch_size=2, gradient_accumulation_steps=4)
     assert epochs_for(config, 8) == 16 and epochs_for(config, 20) == pytest.approx(16 / 3)

@@ -1,7 +1,7 @@
 """Metrics of the loop as pure functions on plain Python data: estimates with bootstrap confidence intervals,
 agreement between annotators (Cohen's kappa, Krippendorff's alpha) and per-annotator quality and bias.
 
-No store, no model: `training/evaluate.py` and `labeler/eval_charts.py` feed them rows read from the store, and
+No store, no model: `training/loop/evaluation.py` and `labeler/eval_charts.py` feed them rows read from the store, and
 `tests/test_metrics.py` feeds them constructed data with known answers.
 
 Conventions:
@@ -265,3 +265,21 @@ def describe_win_rate(estimate: Estimate, this: str, other: str) -> str:
         return f"{this} is worse than {other}: it wins {figures}, {interval}, the whole interval below 50%."
     return f"{this} is not measurably better than {other}: it wins {figures}, {interval}, which includes 50%."
 
+
+def result_rows(results: list[dict]) -> list[dict]:
+    """Stored evaluation results (`Store.list_eval_results`) as flat rows for tables and charts: round, checkpoint,
+    kind, metric, value, ci_low, ci_high, n and source (what the figure was measured against)."""
+    return [
+        dict(
+            round=r["round_id"],
+            checkpoint=r["checkpoint_id"],
+            kind=r["checkpoint_kind"],
+            metric=r["metric"],
+            value=r["value"],
+            ci_low=r["ci_low"],
+            ci_high=r["ci_high"],
+            n=r["n"],
+            source=r["details"].get("source", ""),
+        )
+        for r in results
+    ]

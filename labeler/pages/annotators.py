@@ -3,8 +3,9 @@ issue new tokens, and see each one's counts and pace."""
 
 import streamlit as st
 
+from labeler.app_store import get_store
 from labeler.render import plain
-from labeler.session import act, get_store, local_day_start, require_admin
+from labeler.session import act, local_day_start, require_admin
 
 admin = require_admin()
 store = get_store()

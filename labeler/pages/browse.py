@@ -7,8 +7,9 @@ order, a on the left) and every judgment. The queries are `Store.browse_pairs` a
 
 import streamlit as st
 
+from labeler.app_store import get_store
 from labeler.render import CHOICE_LABELS, conversation, page_style, prompt_title, responses_side_by_side
-from labeler.session import get_store, require_admin
+from labeler.session import require_admin
 from store import AGREEMENTS, BrowseFilter
 
 PAGE_SIZE = 200

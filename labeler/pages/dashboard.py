@@ -7,9 +7,10 @@ accuracy plots) by writing a function and appending it to SECTIONS.
 import pandas as pd
 import streamlit as st
 
+from labeler.app_store import get_store
 from labeler.eval_charts import render_eval_section
 from labeler.render import CHOICE_LABELS
-from labeler.session import get_store, local_day_start, require_admin
+from labeler.session import local_day_start, require_admin
 from store import Store
 
 

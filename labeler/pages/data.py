@@ -7,9 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from labeler.app_store import get_store
 from labeler.exporting import ROW_SPLITS, export_dataset, exports_dir, summary, zip_folder
 from labeler.render import plain
-from labeler.session import current_actor, get_store, require_admin
+from labeler.session import current_actor, require_admin
 from store import StoreError
 
 admin = require_admin()

@@ -10,6 +10,7 @@ judgments, each editable while its round is open.
 import streamlit as st
 
 from labeler import browser, labeling
+from labeler.app_store import get_store
 from labeler.guidelines import guidelines_panel
 from labeler.pace import PACE_REFRESH_SECONDS, annotator_pace, pace_text
 from labeler.render import (
@@ -23,7 +24,7 @@ from labeler.render import (
     tab_from_the_top,
     view_controls,
 )
-from labeler.session import current_annotator, get_store, local_day_start
+from labeler.session import current_annotator, local_day_start
 
 SCREEN_LABELS = {"A": "A better", "B": "B better", "tie": "Tie", "both_bad": "Both bad"}
 

@@ -8,8 +8,9 @@ in export. Searching and filtering every pair and judgment is on the Browse page
 
 import streamlit as st
 
+from labeler.app_store import get_store
 from labeler.render import CHOICE_LABELS, conversation, page_style, plain, prompt_title, responses_side_by_side
-from labeler.session import act, get_store, require_admin
+from labeler.session import act, require_admin
 from store import BrowseFilter
 
 LISTED = 500  # pairs listed at most; the newest judged first
