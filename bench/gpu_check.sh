@@ -113,7 +113,7 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep |
     python3 - <<'PY'
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from training.models import embedded_model_dir, load_tokenizer
+from training.model_source import embedded_model_dir, load_tokenizer
 
 tokenizer = load_tokenizer(str(embedded_model_dir()))
 config = AutoConfig.for_model(
