@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from store.db import StoreError
-from store.labels import Judgment, _pair_with_texts, _refresh_pair_status, _validate
+from store.labels import Judgment, pair_with_texts, refresh_pair_status, validate_judgment
 from store.sessions import Actor, authorize
 from store.store import rows_as_dicts, utcnow
 
@@ -89,7 +89,7 @@ class AssignmentMixin:
 
     def get_pair(self, pair_id: int) -> dict | None:
         with self.transaction("read pair") as con:
-            return _pair_with_texts(con, pair_id)
+            return pair_with_texts(con, pair_id)
 
     # --- judgments and skips ----------------------------------------------------------------------------------
     def submit_judgment(self, judgment: Judgment, actor: Actor | None = None, now: datetime | None = None) -> int:
@@ -98,7 +98,7 @@ class AssignmentMixin:
         Idempotent: a double click, a rerun or a second tab leave exactly one row per pair and annotator (a re-submit
         updates it). When the call returns, the judgment is committed to disk.
         """
-        _validate(judgment)
+        validate_judgment(judgment)
         now = now or utcnow()
         with self.transaction("submit judgment") as con:
             _authorize_for(con, actor, judgment.annotator_id, now)
@@ -115,7 +115,7 @@ class AssignmentMixin:
         actor: Actor | None = None,
     ) -> tuple[int, dict | None]:
         """`submit_judgment`, then `next_pair` for the same annotator, in one transaction: (judgment id, next pair)."""
-        _validate(judgment)
+        validate_judgment(judgment)
         now = now or utcnow()
         with self.transaction("submit judgment and lease next") as con:
             _authorize_for(con, actor, judgment.annotator_id, now)
@@ -170,13 +170,13 @@ class AssignmentMixin:
             pair_id = undone["pair_id"]
             if undone["undone"] == "judgment":
                 con.execute("DELETE FROM judgments WHERE id = ?", [undone.pop("id")])
-                _refresh_pair_status(con, pair_id)
+                refresh_pair_status(con, pair_id)
             else:
                 con.execute("DELETE FROM skips WHERE pair_id = ? AND annotator_id = ?", [pair_id, annotator_id])
             undone["pair"] = None
             if _room(con, pair_id, annotator_id, now) > 0:
                 _lease(con, annotator_id, pair_id, now + timedelta(seconds=lease_seconds))
-                undone["pair"] = _pair_with_texts(con, pair_id)
+                undone["pair"] = pair_with_texts(con, pair_id)
             return undone
 
     def recent_judgments(self, annotator_id: int, limit: int = 10, actor: Actor | None = None) -> list[dict]:
@@ -296,7 +296,7 @@ def _lease_next(
             return None
         pair_id = found[0]
     _lease(con, annotator_id, pair_id, now + timedelta(seconds=lease_seconds))
-    return _pair_with_texts(con, pair_id)
+    return pair_with_texts(con, pair_id)
 
 
 def _submit(con: duckdb.DuckDBPyConnection, judgment: Judgment, now: datetime, authorized: bool) -> int:

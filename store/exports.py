@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from store.db import StoreError
 from store.final_labels import FINAL_LABELS
-from store.runs import _decode
+from store.runs import decode_json_columns
 from store.sessions import Actor, authorize
 from store.store import canonical_json, rows_as_dicts, utcnow
 
@@ -68,7 +68,7 @@ class ExportsMixin:
 
     def list_exports(self) -> list[dict]:
         with self.transaction("list exports") as con:
-            return _decode(rows_as_dicts(con.execute("SELECT * FROM exports ORDER BY id")))
+            return decode_json_columns(rows_as_dicts(con.execute("SELECT * FROM exports ORDER BY id")))
 
 
 def _export_chunk(con, round_id: int | None, first: int, last: int) -> pa.Table:

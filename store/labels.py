@@ -91,7 +91,7 @@ class LabelsMixin:
         Every pair and annotator must exist and each (pair, annotator) must be new; pair statuses are refreshed once.
         """
         for judgment in items:
-            _validate(judgment)
+            validate_judgment(judgment)
         now = utcnow()
         pair_ids = sorted({j.pair_id for j in items})
         annotator_ids = sorted({j.annotator_id for j in items})
@@ -131,7 +131,7 @@ class LabelsMixin:
         return len(items)
 
 
-def _validate(judgment: Judgment) -> None:
+def validate_judgment(judgment: Judgment) -> None:
     if judgment.choice not in CHOICES:
         raise StoreError(f"choice must be one of {', '.join(CHOICES)}, not {judgment.choice!r}")
     if judgment.strength is not None and judgment.strength not in STRENGTHS:
@@ -140,7 +140,7 @@ def _validate(judgment: Judgment) -> None:
         raise StoreError(f"shown_left must be 'a' or 'b', not {judgment.shown_left!r}")
 
 
-def _refresh_pair_status(con: duckdb.DuckDBPyConnection, pair_id: int) -> None:
+def refresh_pair_status(con: duckdb.DuckDBPyConnection, pair_id: int) -> None:
     con.execute(
         """
         UPDATE pairs SET status = CASE
@@ -151,7 +151,7 @@ def _refresh_pair_status(con: duckdb.DuckDBPyConnection, pair_id: int) -> None:
     )
 
 
-def _pair_with_texts(con: duckdb.DuckDBPyConnection, pair_id: int) -> dict | None:
+def pair_with_texts(con: duckdb.DuckDBPyConnection, pair_id: int) -> dict | None:
     """The pair with its prompt's messages and both texts, by point lookups on the ids (constant filters): a join would
     make DuckDB scan every stored text (about 10 ms of a submit on a database of 20,000 judgments)."""
     rows = rows_as_dicts(con.execute(

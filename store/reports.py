@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 
-from store.labels import _pair_with_texts
+from store.labels import pair_with_texts
 from store.store import rows_as_dicts, utcnow
 
 
@@ -32,7 +32,7 @@ class ReportsMixin:
     def pair_review(self, pair_id: int) -> dict | None:
         """A pair with its texts, every judgment on it (with the annotator's name) and its final label, if any."""
         with self.transaction("read pair for review") as con:
-            pair = _pair_with_texts(con, pair_id)
+            pair = pair_with_texts(con, pair_id)
             if pair is None:
                 return None
             pair["judgments"] = rows_as_dicts(

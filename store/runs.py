@@ -11,7 +11,7 @@ CHECKPOINT_KINDS = ("base", "sft", "dpo", "reward", "ppo", "rloo", "merged")
 _JSON_COLUMNS = ("config", "metrics", "policy", "counts", "details", "sampling")
 
 
-def _decode(rows: list[dict]) -> list[dict]:
+def decode_json_columns(rows: list[dict]) -> list[dict]:
     for row in rows:
         for key in _JSON_COLUMNS:
             if isinstance(row.get(key), str):
@@ -46,14 +46,14 @@ class RunsMixin:
 
     def get_checkpoint(self, checkpoint_id: int) -> dict:
         with self.transaction("read checkpoint") as con:
-            rows = _decode(rows_as_dicts(con.execute("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id])))
+            rows = decode_json_columns(rows_as_dicts(con.execute("SELECT * FROM checkpoints WHERE id = ?", [checkpoint_id])))
         if not rows:
             raise StoreError(f"checkpoint {checkpoint_id} does not exist")
         return rows[0]
 
     def list_checkpoints(self, kind: str | None = None) -> list[dict]:
         with self.transaction("list checkpoints") as con:
-            return _decode(
+            return decode_json_columns(
                 rows_as_dicts(
                     con.execute("SELECT * FROM checkpoints WHERE (? IS NULL OR kind = ?) ORDER BY id", [kind, kind])
                 )
@@ -120,7 +120,7 @@ class RunsMixin:
 
     def list_training_runs(self) -> list[dict]:
         with self.transaction("list training runs") as con:
-            return _decode(rows_as_dicts(con.execute("SELECT * FROM training_runs ORDER BY id")))
+            return decode_json_columns(rows_as_dicts(con.execute("SELECT * FROM training_runs ORDER BY id")))
 
     def add_eval_results(self, checkpoint_id: int, round_id: int | None, results: list[dict]) -> None:
         """Store metric rows (metric, value, ci_low, ci_high, n, details) for a checkpoint, replacing earlier ones."""
@@ -149,7 +149,7 @@ class RunsMixin:
     def list_eval_results(self) -> list[dict]:
         """Every stored metric row, with the kind of checkpoint it measures as `checkpoint_kind`."""
         with self.transaction("list eval results") as con:
-            return _decode(
+            return decode_json_columns(
                 rows_as_dicts(
                     con.execute(
                         "SELECT e.*, coalesce(c.kind, '?') AS checkpoint_kind FROM eval_results e "

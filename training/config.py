@@ -42,7 +42,7 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -60,7 +60,7 @@ def _coerce(name: str, annotation: Any, value: Any, origin: str) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [kind(v.strip() if isinstance(v, str) else v) for v in items if v != ""]
         if kind is bool:
-            return _parse_bool(value)
+            return parse_bool(value)
         return kind(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(f"{origin}: field {name!r} expects {getattr(kind, '__name__', kind)}: {exc}") from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import _parse_bool, opt
+from training.config import opt, parse_bool
 from training.distributed import local_rank, world_size
 from training.model_source import ModelError, load_tokenizer, resolve_model
 
@@ -126,7 +126,7 @@ def uses_gradient_checkpointing(config: ModelConfig, device: str) -> bool:
     if str(value).strip().lower() == "auto":
         return device == "cuda"
     try:
-        return _parse_bool(value)
+        return parse_bool(value)
     except argparse.ArgumentTypeError:
         raise ModelError(f"gradient_checkpointing must be true, false or auto, not {value!r}") from None
 
