@@ -411,6 +411,7 @@ def test_plain_lm_head_returns_the_log_softmax_of_the_labelled_tokens(tiny_model
 
 def test_configs_load_and_the_command_line_overrides_them(tmp_path):
     from training.config import ConfigError, build
+    from training.loop.generation import GenerateConfig
     from training.model_source import ModelError
     from training.models import uses_gradient_checkpointing
 
@@ -430,6 +431,8 @@ def test_configs_load_and_the_command_line_overrides_them(tmp_path):
         uses_gradient_checkpointing(build(dpo.DPOTrainConfig, None, {"gradient_checkpointing": "sometimes"}), "cpu")
     assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps == 4
     assert build(reward.RewardTrainConfig, configs / "reward.yaml").learning_rate == 1e-4
+    # The loop's candidates: k samples per prompt, one pair kept (the YAML once overrode k to 2 without anyone noticing)
+    assert build(GenerateConfig, configs / "generate.yaml").samples_per_prompt == GenerateConfig().samples_per_prompt == 4
     assert build(sft.SFTTrainConfig, configs / "sft.yaml").learning_rate == 2e-4
     (tmp_path / "bad.yaml").write_text("rank: 8\n")
     with pytest.raises(ConfigError, match="bad.yaml: unknown field 'rank'"):
