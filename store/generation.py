@@ -87,32 +87,11 @@ class GenerationMixin:
             missing = [i for i in prompt_ids if i not in prompt_hashes]
             if missing:
                 raise StoreError(f"prompts {missing} do not exist")
-
-            response_rows, pair_rows, seen = [], [], set()
-            ids = iter(next_ids(con, "responses_id_seq", sum(len(item.responses) for item in items)))
-            for item in items:
-                item_ids = []
-                for r in item.responses:
-                    item_ids.append(next(ids))
-                    response_rows.append({"id": item_ids[-1], **response_row(r, now), "prompt_id": item.prompt_id})
-                for a, b in item.pairs:
-                    key = pair_hash(prompt_hashes[item.prompt_id], item.responses[a].text, item.responses[b].text)
-                    if key in seen:
-                        summary.duplicates += 1
-                        continue
-                    seen.add(key)
-                    pair_rows.append(
-                        dict(
-                            prompt_id=item.prompt_id,
-                            response_a_id=item_ids[a],
-                            response_b_id=item_ids[b],
-                            round_id=round_id,
-                            strategy=strategy,
-                            overlap_target=overlap_target,
-                            content_hash=key,
-                            created_at=now,
-                        )
-                    )
+            response_ids = next_ids(con, "responses_id_seq", sum(len(item.responses) for item in items))
+            response_rows, pair_rows = _candidate_rows(items, response_ids, prompt_hashes, now)
+            summary.duplicates += sum(len(item.pairs) for item in items) - len(pair_rows)
+            for row in pair_rows:
+                row |= dict(round_id=round_id, strategy=strategy, overlap_target=overlap_target)
             stored = {
                 r[0]
                 for r in con.execute(
@@ -176,3 +155,19 @@ class GenerationMixin:
         return rows
 
 
+def _candidate_rows(items: list[Candidates], response_ids: list[int], prompt_hashes: dict[int, str], now):
+    """(response rows with the given ids, pair rows linking them), a pair repeated within `items` kept once."""
+    ids = iter(response_ids)
+    response_rows, pair_rows, seen = [], [], set()
+    for item in items:
+        item_ids = []
+        for r in item.responses:
+            item_ids.append(next(ids))
+            response_rows.append({"id": item_ids[-1], **response_row(r, now), "prompt_id": item.prompt_id})
+        for a, b in item.pairs:
+            key = pair_hash(prompt_hashes[item.prompt_id], item.responses[a].text, item.responses[b].text)
+            if key not in seen:
+                seen.add(key)
+                pair_rows.append(dict(prompt_id=item.prompt_id, response_a_id=item_ids[a], response_b_id=item_ids[b],
+                                      content_hash=key, created_at=now))
+    return response_rows, pair_rows

@@ -114,7 +114,6 @@ class PromptsMixin:
 
         One transaction: either every new pair is stored or none. Pairs already stored are counted as duplicates.
         """
-        now = utcnow()
         with self.transaction(f"import pairs from {source}") as con:
             annotator_id = self._ensure_annotator(con, f"import:{source}", "import")
             _add_prompts(con, [PromptIn(i.messages, source) for i in items], self.heldout_fraction)
@@ -133,52 +132,11 @@ class PromptsMixin:
                     "SELECT content_hash FROM pairs WHERE content_hash IN (SELECT unnest(?))", [list(unique)]
                 ).fetchall()
             }
-            wanted = [(key, item, p_hash) for key, (item, p_hash) in unique.items() if key not in existing]
+            wanted = [(key, item, prompt_ids[p_hash]) for key, (item, p_hash) in unique.items() if key not in existing]
             summary = AddSummary(duplicates=len(items) - len(wanted))
-            if not wanted:
-                return summary
-            # Ids are drawn up front so that a few bulk inserts (not three statements per pair) can link the rows:
-            # a large file holds the database for seconds, not minutes, while the labeling UI waits.
-            chosen_ids = next_ids(con, "responses_id_seq", len(wanted))
-            rejected_ids = next_ids(con, "responses_id_seq", len(wanted))
-            summary.ids = next_ids(con, "pairs_id_seq", len(wanted))
-            insert_rows(
-                con,
-                "responses",
-                [
-                    dict(id=r_id, prompt_id=prompt_ids[p_hash], text=text, finish_reason="imported", created_at=now)
-                    for (_, item, p_hash), chosen_id, rejected_id in zip(wanted, chosen_ids, rejected_ids)
-                    for r_id, text in ((chosen_id, item.chosen), (rejected_id, item.rejected))
-                ],
-            )
-            insert_rows(
-                con,
-                "pairs",
-                [
-                    dict(
-                        id=pair_id,
-                        prompt_id=prompt_ids[p_hash],
-                        response_a_id=chosen_id,  # a is the chosen response; the import judgment says "a"
-                        response_b_id=rejected_id,
-                        strategy="import",
-                        status="complete",
-                        content_hash=key,
-                        created_at=now,
-                    )
-                    for pair_id, (key, _, p_hash), chosen_id, rejected_id in zip(
-                        summary.ids, wanted, chosen_ids, rejected_ids
-                    )
-                ],
-            )
-            insert_rows(
-                con,
-                "judgments",
-                [
-                    dict(pair_id=pair_id, annotator_id=annotator_id, choice="a", created_at=now, updated_at=now)
-                    for pair_id in summary.ids
-                ],
-            )
-            summary.inserted = len(wanted)
+            if wanted:
+                summary.ids = _insert_imported_pairs(con, wanted, annotator_id)
+                summary.inserted = len(wanted)
             return summary
 
     def get_prompts(self, ids: list[int]) -> list[dict]:
@@ -255,3 +213,38 @@ def _add_prompts(con: duckdb.DuckDBPyConnection, items: list[PromptIn], heldout_
     summary.inserted = len(summary.ids)
     summary.inserted_by_split = dict(Counter(splits[key] for key, _ in new))
     return summary
+
+
+def _insert_imported_pairs(con, wanted: list[tuple[str, PairIn, int]], annotator_id: int) -> list[int]:
+    """Insert (pair hash, pair, prompt id) rows as two responses, a complete pair (a = chosen) and the importer's
+    judgment "a" each; returns the new pair ids. Ids are drawn up front so that a few bulk inserts (not three
+    statements per pair) can link the rows: a large file holds the database for seconds, not minutes."""
+    now = utcnow()
+    chosen_ids = next_ids(con, "responses_id_seq", len(wanted))
+    rejected_ids = next_ids(con, "responses_id_seq", len(wanted))
+    pair_ids = next_ids(con, "pairs_id_seq", len(wanted))
+    insert_rows(
+        con,
+        "responses",
+        [
+            dict(id=r_id, prompt_id=prompt_id, text=text, finish_reason="imported", created_at=now)
+            for (_, item, prompt_id), chosen_id, rejected_id in zip(wanted, chosen_ids, rejected_ids)
+            for r_id, text in ((chosen_id, item.chosen), (rejected_id, item.rejected))
+        ],
+    )
+    insert_rows(
+        con,
+        "pairs",
+        [
+            dict(id=pair_id, prompt_id=prompt_id, response_a_id=chosen_id, response_b_id=rejected_id,
+                 strategy="import", status="complete", content_hash=key, created_at=now)
+            for pair_id, (key, _, prompt_id), chosen_id, rejected_id in zip(pair_ids, wanted, chosen_ids, rejected_ids)
+        ],
+    )
+    insert_rows(
+        con,
+        "judgments",
+        [dict(pair_id=pair_id, annotator_id=annotator_id, choice="a", created_at=now, updated_at=now)
+         for pair_id in pair_ids],
+    )
+    return pair_ids

@@ -19,6 +19,7 @@ How a run is spread:
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -136,8 +137,12 @@ def worker_process_group() -> Iterator[None]:
 
     signal.signal(signal.SIGTERM, stop)
     yield
+    # The finished run's trainer sits in reference cycles, and with it DDP's reducer, which holds the process group
+    # and its work: freed only by the collector, that could happen during interpreter shutdown. Free it now.
+    gc.collect()
     state.wait_for_everyone()  # the last collective of every rank: none is in flight when the group goes
     state.destroy_process_group()
+    gc.collect()  # the group's last references, while the interpreter is whole
 
 
 def barrier() -> None:

@@ -364,16 +364,7 @@ def train(
         rollout = collect_rollout(
             policy, value_model, tokenizer, [prompts[i] for i in batch], reward_fn, config, beta, config.seed + update
         )
-        metrics = {
-            "update": update,
-            "reward/score": float(rollout.scores.mean()),
-            "reward/rlhf": float((rollout.scores - beta * rollout.kl).mean()),
-            "kl": float(rollout.kl.mean()),
-            "kl_coef": beta,
-            "response/length": float(rollout.response_mask.sum(1).mean()),
-            "response/eos_fraction": float(rollout.has_eos.float().mean()),
-            "value/explained_variance": explained_variance(rollout.values, rollout.returns, rollout.response_mask),
-        }
+        metrics = {"update": update, **rollout_metrics(rollout, beta)}
         metrics.update(ppo_update(policy, value_model, optimizer, params, rollout, config, generator))
         if not (math.isfinite(metrics["kl"]) and math.isfinite(metrics["policy/loss"])):
             raise TrainingError(
@@ -390,6 +381,20 @@ def train(
     if writer is not None:
         writer.close()
     return history
+
+
+def rollout_metrics(rollout: Rollout, beta: float) -> dict:
+    """What one rollout says before the update: reward-model score, the KL-penalised reward, KL to the reference,
+    response length and share ended by EOS, and how much of the returns the value model explains."""
+    return {
+        "reward/score": float(rollout.scores.mean()),
+        "reward/rlhf": float((rollout.scores - beta * rollout.kl).mean()),
+        "kl": float(rollout.kl.mean()),
+        "kl_coef": beta,
+        "response/length": float(rollout.response_mask.sum(1).mean()),
+        "response/eos_fraction": float(rollout.has_eos.float().mean()),
+        "value/explained_variance": explained_variance(rollout.values, rollout.returns, rollout.response_mask),
+    }
 
 
 def train_ppo(
