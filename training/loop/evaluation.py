@@ -368,7 +368,9 @@ class Evaluator:
         )
 
 
-# --- command line ---------------------------------------------------------------------------------------------
+# --- what to evaluate, and storing the results ----------------------------------------------------------------
+
+
 def select_checkpoints(store: Store, checkpoint_id: int | None, every: bool) -> list[dict]:
     """That checkpoint; every checkpoint; or (the default) the newest policy and the newest reward model."""
     if checkpoint_id is not None:
