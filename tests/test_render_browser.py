@@ -389,4 +389,5 @@ def test_focus_tab_pace_and_first_visit_guidelines(server, new_page):
     assert not guidelines_open(veteran_page)
     # 10 s a judgment is 360 an hour; the round needs 10 - 3 = 7 more: 70 s at that pace
     progress = veteran_page.get_by_text(re.compile("your pace 360 per hour, about 1 min for the 7 left"))
+    progress.wait_for()  # the progress bar is drawn after the pair (label.py fills its slot last)
     assert progress.count() == 1
