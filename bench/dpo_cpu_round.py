@@ -161,21 +161,9 @@ def time_parts(trainer, batches: list[dict], repeats: int) -> dict[str, tuple[fl
         "policy forward + backward": lambda b: policy_forward(b, backward=True),
         "training_step (TRL: all of it)": training_step,
     }
+    from dpo_cpu_step import median_seconds  # bench/ is on the path of a bench script
+
     return {name: median_seconds(lambda fn=fn: [fn(b) for b in batches], repeats) for name, fn in parts.items()}
-
-
-def median_seconds(fn, repeats: int) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds of this process) over `repeats` runs after a warm-up run."""
-    import statistics
-
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 # --- the timed run --------------------------------------------------------------------------------------------------
