@@ -51,7 +51,7 @@ from training.algorithms.ppo_math import (
     value_loss,
     whiten,
 )
-from training.algorithms.rl_setup import resolve_reward, reward_round, summarize, tokenize_prompts, train_prompts
+from training.algorithms.rl_setup import prompts_that_fit, resolve_reward, reward_round, summarize, train_prompts
 from training.algorithms.run import Run, TrainingError, base_model_of, choose_parent, training_attention
 from training.config import opt
 from training.engine.reward_scoring import RewardFn, load_reward_model, per_token_scores, reward_model_fn, unwrap
@@ -339,7 +339,7 @@ def train(
     from tqdm.auto import tqdm
 
     config.validate()
-    _, kept = tokenize_prompts(tokenizer, prompts, config.max_length - config.max_new_tokens)
+    kept = prompts_that_fit(tokenizer, prompts, config.max_length - config.max_new_tokens)
     if not kept:
         raise ValueError(f"no prompt fits max_length - max_new_tokens = {config.max_length - config.max_new_tokens}")
     prompts = [prompts[i] for i in kept]

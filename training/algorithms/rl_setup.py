@@ -16,17 +16,15 @@ def resolve_reward(store, reward_id: int | None) -> dict:
     return reward
 
 
-
 def reward_round(store, reward: dict | None) -> int | None:
     """The round a run belongs to: that of the labels behind its reward model, else the newest round."""
     return reward["round_id"] if reward and reward["round_id"] is not None else round_of(store, None)
 
 
-
 def train_prompts(store, tokenizer, max_tokens: int) -> list[list[dict]]:
     """The store's train-split prompts that fit `max_tokens` after the chat template."""
     prompts = [row["messages"] for row in store.list_prompts(split="train")]
-    fitting = [prompts[i] for i in tokenize_prompts(tokenizer, prompts, max_tokens)[1]]
+    fitting = [prompts[i] for i in prompts_that_fit(tokenizer, prompts, max_tokens)]
     if not fitting:
         raise TrainingError(
             f"the store has {len(prompts)} train-split prompts and none fits {max_tokens} tokens: "
@@ -35,17 +33,13 @@ def train_prompts(store, tokenizer, max_tokens: int) -> list[list[dict]]:
     return fitting
 
 
-
-def tokenize_prompts(tokenizer, prompts: list[list[dict]], max_tokens: int) -> tuple[list[list[int]], list[int]]:
-    """Chat-template token ids of the prompts that fit `max_tokens`, and the indices of those prompts."""
-    ids, kept = [], []
-    for i, messages in enumerate(prompts):
-        tokens = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if len(tokens) <= max_tokens:
-            ids.append(list(tokens))
-            kept.append(i)
-    return ids, kept
-
+def prompts_that_fit(tokenizer, prompts: list[list[dict]], max_tokens: int) -> list[int]:
+    """Indices of the prompts whose chat-template tokens (generation prompt included) fit `max_tokens`."""
+    return [
+        i for i, messages in enumerate(prompts)
+        if len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        <= max_tokens
+    ]
 
 
 def summarize(history: list[dict], reward_key: str, kl_key: str) -> dict:

@@ -4,8 +4,9 @@
     samples = sample(model, tokenizer, conversations, num_samples=4, decoding=Decoding(top_p=0.95), seed=7)
     samples[i][j].text, .completion_ids, .tokens, .finish_reason      # prompt i, sample j
 
-Candidate generation (`prefloop generate`), evaluation (win-rate samples and the KL estimate) and the loop's health
-check all draw through `sample`, so a model is judged on responses drawn exactly as its candidates are. Two engines:
+Candidate generation (`prefloop generate`), evaluation (win-rate samples and the KL estimate), the loop's health
+check and PPO's rollouts all draw through `sample`, so a model is judged on responses drawn exactly as its
+candidates are. Two engines:
 `static` (training/engine/decode.py: a preallocated KV cache with the decode step replayed as a CUDA graph; the default on a
 GPU) and `hf` (transformers' `generate`; the default on CPU, and the only one for a model Unsloth has patched).
 
