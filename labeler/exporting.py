@@ -15,7 +15,8 @@ from store import Actor, Store
 
 EXPORTS_FOLDER = "exports"  # under the database's folder
 ROW_SPLITS = ("train", "test", "train_negatives", "test_negatives")
-DROPPED = {"disagreement": "disagreements", "low_agreement": "low agreement", "tie": "ties", "both_bad": "both bad"}
+DROPPED = {"disagreement": "disagreements", "low_agreement": "low agreement", "tie": "ties", "both_bad": "both bad",
+           "truncated_chosen": "preferred answers cut off"}
 
 
 def exports_dir(store: Store) -> Path:

@@ -82,6 +82,7 @@ def _export_chunk(con, round_id: int | None, first: int, last: int) -> pa.Table:
                from_json(pr.messages, '[{"role": "VARCHAR", "content": "VARCHAR"}]') AS prompt,
                [{'role': 'assistant', 'content': ra.text}] AS response_a,
                [{'role': 'assistant', 'content': rb.text}] AS response_b,
+               ra.finish_reason AS a_finish_reason, rb.finish_reason AS b_finish_reason,
                coalesce(j.choices, []::VARCHAR[]) AS choices, coalesce(j.strengths, []::VARCHAR[]) AS strengths,
                adj.choice AS adjudication, fl.final_choice, fl.label_source, fl.complete
         FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id JOIN final_labels fl ON fl.pair_id = p.id

@@ -6,6 +6,7 @@ import pytest
 
 from store import Candidates, Judgment, PromptIn, ResponseIn, Store, StoreError
 from training.cli import main
+from training.config import ConfigError
 from training.loop.export import ExportConfig, export, resolve
 
 
@@ -25,12 +26,14 @@ class Fixture:
         self.admin = store.add_annotator("admin", role="admin")[0].id
         self.made = 0
 
-    def pair(self, round_id: int, prompt_id: int | None = None) -> int:
-        """A new pair with distinct texts on the next unused train prompt (or the given one)."""
+    def pair(self, round_id: int, prompt_id: int | None = None, cut: str = "") -> int:
+        """A new pair with distinct texts on the next unused train prompt (or the given one); the sides named in
+        `cut` ("a", "b") were cut off at the token limit."""
         self.made += 1
         prompt_id = prompt_id if prompt_id is not None else self.train[self.made]
         texts = [f"answer {self.made} A", f"answer {self.made} B"]
-        responses = [ResponseIn(prompt_id, self.checkpoint, t, {}, 3, 3, "stop") for t in texts]
+        reasons = ["length" if side in cut else "stop" for side in "ab"]
+        responses = [ResponseIn(prompt_id, self.checkpoint, t, {}, 3, 3, r) for t, r in zip(texts, reasons)]
         summary = self.store.add_candidates(round_id, "samples", [Candidates(prompt_id, responses, [(0, 1)])])
         return summary.pair_ids[0]
 
@@ -82,7 +85,7 @@ def test_policies_on_constructed_judgments(fx):
     rows = {row["pair_id"]: row for row in load(result)["train"]}
     assert sorted(rows) == [agree, majority, adjudicated, adjudication_only]
     assert result["counts"]["dropped"] == dict(
-        retired=1, incomplete=1, disagreement=2, low_agreement=0, tie=2, both_bad=1
+        retired=1, incomplete=1, disagreement=2, low_agreement=0, tie=2, both_bad=1, truncated_chosen=0
     )
     assert result["counts"]["judged_pairs"] == 11 and result["counts"]["train"] == 4
     reasons = {row["pair_id"]: resolve(row, ExportConfig()).dropped for row in fx.store.export_rows(r).to_pylist()}
@@ -127,6 +130,23 @@ def test_policies_on_constructed_judgments(fx):
     ]
     assert not any(row["label"] for row in kto["train_negatives"]) and kto["test_negatives"] == []
     assert len(kto["train"]) == 4
+
+
+def test_a_pair_whose_preferred_answer_was_cut_off_is_dropped_unless_kept(fx):
+    r = fx.store.new_round(fx.checkpoint, overlap_target=1)
+    cut_chosen = fx.judge(fx.pair(r, cut="a"), "a")
+    cut_rejected = fx.judge(fx.pair(r, cut="b"), "a")
+    cut_b_chosen = fx.judge(fx.pair(r, cut="b"), "b")
+    finished = fx.judge(fx.pair(r), "b")
+    result = fx.export(name="default")
+    assert sorted(row["pair_id"] for row in load(result)["train"]) == [cut_rejected, finished]
+    assert result["counts"]["dropped"]["truncated_chosen"] == 2
+    reasons = {row["pair_id"]: resolve(row, ExportConfig()).dropped for row in fx.store.export_rows(r).to_pylist()}
+    assert reasons[cut_chosen] == reasons[cut_b_chosen] == "truncated_chosen"
+    kept = fx.export(name="kept", truncated_chosen="keep")
+    assert sorted(row["pair_id"] for row in load(kept)["train"]) == [cut_chosen, cut_rejected, cut_b_chosen, finished]
+    with pytest.raises(ConfigError, match="truncated_chosen must be drop or keep"):
+        ExportConfig(truncated_chosen="maybe").validate()
 
 
 def test_round_trip_and_split_safety_across_rounds(fx):

@@ -53,6 +53,14 @@ def test_eligible_pairs_never_empty_identical_or_both_cut_off():
     assert eligible_pairs(drawn("x", "x ", "", "y")) == [(0, 3), (1, 3)]
 
 
+def test_eligible_pairs_show_a_cut_off_response_only_when_two_finished_ones_are_missing():
+    # Two finished answers exist: the cut-off ones are left out, however different they are.
+    assert eligible_pairs(drawn("one", "two", "three", "four", cut="13")) == [(0, 2)]
+    assert select_pair(drawn("a b c", "x y z", "a b d", cut="1"), "most-different") == (0, 2)
+    # One finished answer: it is paired with each cut-off one.
+    assert eligible_pairs(drawn("one", "two", "three", cut="02")) == [(0, 1), (1, 2)]
+
+
 def test_pair_selection_strategies():
     samples = drawn("the cat sat on the mat", "the cat sat on a mat", "dogs bark at the moon", "a cat sat")
     # Most different: the dog sentence shares "the" with the first two, nothing with the last one.

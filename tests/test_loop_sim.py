@@ -44,7 +44,7 @@ def prefers_alphabetical_start(messages, response_a, response_b):
 def test_builtin_judges_and_loading():
     assert shorter([], "short", "a much longer answer") == ("a", "clear")
     assert shorter([], "same", "same") == ("tie", None)
-    assert contains_word([], "yes please", "no")[0] == "a"
+    assert contains_word([], "for example, this", "no")[0] == "a"
     assert load_judge("tests.test_loop_sim:prefers_letter_e") is prefers_letter_e
     with pytest.raises(ValueError, match="module:function"):
         load_judge("no_colon")
@@ -118,6 +118,39 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     checkpoints_before = len(store.list_checkpoints())
     assert run_loop(store, config, log=lambda *_: None) == rows
     assert len(store.list_checkpoints()) == checkpoints_before
+
+
+@pytest.mark.slow
+def test_a_loop_stopped_by_the_health_check_still_reports_the_rounds_before(store, chat_model_dir, tmp_path,
+                                                                             monkeypatch):
+    """Round 1's checkpoint fails its health check (planted): the loop raises, but first evaluates rounds 0 and 1 and
+    writes the report saying where and why it stopped."""
+    from training.loop import loop_sim
+    from training.loop.loop_sim import LoopError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL", str(chat_model_dir))
+    real_check, checked = loop_sim._check_health, []
+
+    def check_then_fail(store, config, checkpoint_id, log):
+        checked.append(checkpoint_id)
+        if len(checked) == 2:
+            raise LoopError(f"checkpoint {checkpoint_id} collapsed: planted")
+        return real_check(store, config, checkpoint_id, log)
+
+    monkeypatch.setattr(loop_sim, "_check_health", check_then_fail)
+    config = build(LoopConfig, None, dict(
+        name="stopped", rounds=3, judge="training.loop.judges:shorter", prompts_file=str(SEEDS), pairs_per_round=16,
+        heldout_pairs=8, health_prompts=8, report_dir=str(tmp_path / "reports"), **scaled_down_recipe(tmp_path),
+    ))
+    with pytest.raises(LoopError, match="planted"):
+        run_loop(store, config, log=lambda *_: None)
+    summary = json.loads((tmp_path / "reports" / "stopped.json").read_text())
+    assert summary["rounds"] == 3 and summary["rounds_evaluated"] == 1
+    assert summary["stopped"] == f"checkpoint {checked[1]} collapsed: planted"
+    assert [row["round"] for row in summary["per_round"]] == [0, 1]
+    assert summary["win_rate_vs_round0"]["n"] == 32 * 4
+    assert "**Stopped after round 1:** checkpoint" in (tmp_path / "reports" / "stopped.md").read_text()
 
 
 def test_health_check_stops_a_collapsed_policy(store, stopping_model_dir, tmp_path, monkeypatch):

@@ -24,7 +24,11 @@ Policies, applied per pair in this order:
   3. pairs labeled by their judgments whose agreement is below --min-agreement are dropped;
   4. ties are dropped (no preference to learn); both-bad pairs are dropped, or with --both-bad negatives both
      responses become unpaired negatives (`prompt`, `completion`, `label` False, as TRL's KTO reads them) in the
-     splits train_negatives / test_negatives.
+     splits train_negatives / test_negatives;
+  5. a pair whose preferred response was cut off at the token limit (finish_reason 'length') is dropped
+     (--truncated-chosen keep keeps it): DPO would raise the unfinished answer and lower a finished one, end of
+     sequence included, which teaches the model not to stop. Measured on the GPU loop: answers that never end took
+     over by the third round (docs/loop.md).
   margin: the mean over the judgments that agree with the label of slight = 0.5, clear = 1.0, no strength given = 1.0
   (a plain preference, as imported pairs state it); 1.0 for a pair labeled by adjudication alone.
 """
@@ -48,7 +52,8 @@ from training.config import ConfigError, opt
 
 STRENGTH_MARGIN = {"slight": 0.5, "clear": 1.0, None: 1.0}
 BOTH_BAD_POLICIES = ("drop", "negatives")
-DROP_REASONS = ("retired", "incomplete", "disagreement", "low_agreement", "tie", "both_bad")
+DROP_REASONS = ("retired", "incomplete", "disagreement", "low_agreement", "tie", "both_bad", "truncated_chosen")
+TRUNCATED_CHOSEN_POLICIES = ("drop", "keep")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -66,12 +71,17 @@ class ExportConfig:
     include_incomplete: bool = opt(
         False, "keep pairs with fewer judgments than their overlap target (agreement pending)"
     )
+    truncated_chosen: str = opt(
+        "drop", "drop pairs whose preferred response was cut off at the token limit (it teaches not stopping), or keep"
+    )
 
     def validate(self) -> None:
         if self.both_bad not in BOTH_BAD_POLICIES:
             raise ConfigError(f"both_bad must be one of {', '.join(BOTH_BAD_POLICIES)}, not {self.both_bad!r}")
         if not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"min_agreement must be in [0, 1], not {self.min_agreement!r}")
+        if self.truncated_chosen not in TRUNCATED_CHOSEN_POLICIES:
+            raise ConfigError(f"truncated_chosen must be drop or keep, not {self.truncated_chosen!r}")
         if self.round not in ("all", "latest") and not self.round.isdigit():
             raise ConfigError(f"round must be a round number, 'latest' or 'all', not {self.round!r}")
         if self.name is not None and not _NAME.match(self.name):
@@ -109,6 +119,8 @@ def resolve(row: dict, config: ExportConfig) -> Resolution:
         return Resolution(None, "low_agreement", agreement, margin)
     if label == "tie" or (label == "both_bad" and config.both_bad == "drop"):
         return Resolution(None, label, agreement, margin)
+    if label in ("a", "b") and row[f"{label}_finish_reason"] == "length" and config.truncated_chosen == "drop":
+        return Resolution(None, "truncated_chosen", agreement, margin)
     return Resolution(label, None, agreement, margin)
 
 
@@ -117,7 +129,8 @@ def build_splits(table: pa.Table, config: ExportConfig) -> tuple[dict[str, pa.Ta
 
     Labels are resolved in Python over the small columns; the texts are only ever moved by Arrow `take`.
     """
-    small = table.select(["status", "choices", "strengths", "final_choice", "label_source", "complete"]).to_pylist()
+    small = table.select(["status", "choices", "strengths", "final_choice", "label_source", "complete",
+                          "a_finish_reason", "b_finish_reason"]).to_pylist()
     split_of = ["test" if s == "heldout" else "train" for s in table["split"].to_pylist()]
     picks: dict[str, list[tuple[int, Resolution]]] = {"train": [], "test": []}
     negatives: dict[str, list[tuple[int, Resolution]]] = {"train": [], "test": []}
@@ -288,6 +301,8 @@ held-out prompts are only ever in `test`, in every export of every round.
   `min_agreement` are dropped.
 - Ties are dropped. Both-bad pairs are dropped, or with `both_bad: negatives` both responses become unpaired negatives
   (`prompt`, `completion`, `label` = false) in the `negatives` config, for KTO-style training.
+- A pair whose preferred response was cut off at the generation token limit is dropped unless `truncated_chosen` is
+  `keep`: learning to prefer an unfinished answer teaches a model not to stop.
 
 ## Columns
 

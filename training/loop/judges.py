@@ -5,7 +5,7 @@ A judge takes the prompt (a message list) and the two responses and returns a ch
 loop assumes nothing else about it. Built-in judges:
 
     training.loop.judges:shorter              prefers the shorter answer
-    training.loop.judges:contains_word        prefers the answer containing $JUDGE_WORD (default "please") more often
+    training.loop.judges:contains_word        prefers the answer containing $JUDGE_WORD (default "example") more often
     training.loop.judges:structured           prefers the answer laid out as a list (two or more item lines)
     training.loop.judges:reward_model         prefers the answer the store's latest reward model scores higher
 
@@ -40,8 +40,11 @@ def _count_word(word: str, text: str) -> int:
 
 
 def contains_word(messages: list[dict], response_a: str, response_b: str) -> tuple[str, str | None]:
-    """Prefers the response that uses the word $JUDGE_WORD (default "please") more often; tie when equal."""
-    word = os.environ.get("JUDGE_WORD", "please")
+    """Prefers the response that uses the word $JUDGE_WORD more often; tie when equal. The default, "example" (an
+    annotator who wants answers that give one), is a word the embedded model says in about one answer in fourteen: a
+    property its own samples show, so the loop can learn it ("please", the first default, it practically never says;
+    docs/loop.md)."""
+    word = os.environ.get("JUDGE_WORD", "example")
     count_a, count_b = _count_word(word, response_a), _count_word(word, response_b)
     if count_a == count_b:
         return "tie", None

@@ -21,11 +21,12 @@ TABLE_METRICS = [
 ]
 
 
-def report_rows(store, config, state) -> list[dict]:
-    """Per round: its checkpoint and the newest stored result of each table metric (None where there is none)."""
+def report_rows(store, config, state, last: int | None = None) -> list[dict]:
+    """Per round up to `last` (all by default): its checkpoint and the newest stored result of each table metric
+    (None where there is none)."""
     results = store.list_eval_results()
     rows = []
-    for r in range(config.rounds + 1):
+    for r in range(config.rounds + 1 if last is None else last + 1):
         checkpoint_id = state.get(f"round-{r}/start")["checkpoint_id"]
         row = {"round": r, "checkpoint": checkpoint_id}
         for metric, _ in TABLE_METRICS:
@@ -61,7 +62,7 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(sentences) or "No win rate yet."
 
 
-def summary(config, state, rows: list[dict]) -> dict:
+def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict:
     def interval(result):
         if result is None:
             return None
@@ -73,6 +74,8 @@ def summary(config, state, rows: list[dict]) -> dict:
         "judge": config.judge,
         "noise": config.noise,
         "rounds": config.rounds,
+        "rounds_evaluated": last["round"],
+        "stopped": stopped,
         "win_rate_vs_round0": interval(last["judge_win_rate_vs_round0"]),
         "win_rate_vs_previous": interval(last["judge_win_rate_vs_previous"]),
         "verdict": verdict(rows),
@@ -92,18 +95,22 @@ def summary(config, state, rows: list[dict]) -> dict:
     }
 
 
-def write_report(config, state, rows: list[dict], report_dir: Path, log=print) -> None:
+def write_report(config, state, rows: list[dict], report_dir: Path, log=print, stopped: str | None = None) -> None:
+    """The table, plot and JSON summary of the rounds in `rows`; `stopped` is why the loop ended early, if it did."""
     table = format_table(rows)
     log(table)
     log(verdict(rows))
     total = sum(state.seconds.values())
+    ending = f"\n**Stopped after round {rows[-1]['round']}:** {stopped}\n" if stopped else ""
     (report_dir / f"{config.name}.md").write_text(
         f"# {config.name}\n\nJudge `{config.judge}`, noise {config.noise}, {config.rounds} rounds of "
         f"{config.pairs_per_round} train pairs. 95% bootstrap intervals (by prompt for the sample-based figures) in "
         f"brackets, n = the pairs or responses behind each figure. Stages took {total:.0f} s.\n\n{table}\n\n"
-        f"{verdict(rows)}\n"
+        f"{verdict(rows)}\n{ending}"
     )
-    (report_dir / f"{config.name}.json").write_text(json.dumps(summary(config, state, rows), indent=2, default=str))
+    (report_dir / f"{config.name}.json").write_text(
+        json.dumps(summary(config, state, rows, stopped), indent=2, default=str)
+    )
     plot(rows, report_dir / f"{config.name}.png", f"{config.name}: judge {config.judge}, noise {config.noise}")
 
 

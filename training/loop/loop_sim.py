@@ -2,8 +2,8 @@
 then evaluate every round's checkpoint and report whether the model improved under the judge.
 
     prefloop loop-sim --rounds 3 --judge training.loop.judges:shorter
-    make loop-sim ROUNDS=3 JUDGE=training.loop.judges:contains_word NAME=please-loop
-    prefloop loop-sim --name please-loop            # rerun: continues from the last finished stage
+    make loop-sim ROUNDS=3 JUDGE=training.loop.judges:contains_word NAME=example-loop
+    prefloop loop-sim --name example-loop            # rerun: continues from the last finished stage
 
 Round r samples k responses per prompt with round r's checkpoint and keeps the pair the pair selection picks
 (`prefloop generate`, configs/generate.yaml) until the round has `pairs_per_round` train pairs and `heldout_pairs`
@@ -111,11 +111,29 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
         return {"inserted": summary.inserted, "duplicates": summary.duplicates}
 
     state.run("import", import_prompts)
+    stopped = None
     for r in range(config.rounds + 1):
-        _run_round(store, config, state, judge, r, log)
-    state.run("eval", lambda: _evaluate(store, config, state, judge, log))
-    rows = report_rows(store, config, state)
-    write_report(config, state, rows, report_dir, log)
+        try:
+            _run_round(store, config, state, judge, r, log)
+        except LoopError as exc:
+            stopped = exc
+            break
+    if stopped is None:
+        last = config.rounds
+        state.run("eval", lambda: _evaluate(store, config, state, judge, last, log))
+    else:
+        # The checkpoints before the one that failed its health check are still worth a report: the lead sees how
+        # far the loop got and what the labels did until then. The stage is named after the rounds it covers, so a
+        # resumed run that gets further evaluates again.
+        last = r
+        if last == 0:
+            raise stopped
+        log(f"the loop stopped in round {r}; evaluating rounds 0 to {last}")
+        state.run(f"eval-rounds-0-{last}", lambda: _evaluate(store, config, state, judge, last, log))
+    rows = report_rows(store, config, state, last)
+    write_report(config, state, rows, report_dir, log, stopped=str(stopped) if stopped else None)
+    if stopped is not None:
+        raise stopped
     return rows
 
 
@@ -242,16 +260,16 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
     return health
 
 
-def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, log) -> dict:
-    """`prefloop eval` over the loop's checkpoints, plus each round's judge win rates over round 0 and the previous
-    round, on the same samples."""
+def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: int, log) -> dict:
+    """`prefloop eval` over the checkpoints of rounds 0..last, plus each round's judge win rates over round 0 and the
+    previous round, on the same samples."""
     from training.loop.evaluation import EvalConfig, Evaluator, evaluate, judged_outcome, spec_of
 
     eval_config = build(EvalConfig, _yaml(config.eval_config), {"seed": config.seed})
     evaluator = Evaluator(store, eval_config, log)
     if not evaluator.prompts:
         raise StoreError("no held-out prompts: the win rates need some (import more prompts)")
-    checkpoints = [store.get_checkpoint(state.get(f"round-{r}/start")["checkpoint_id"]) for r in range(config.rounds + 1)]
+    checkpoints = [store.get_checkpoint(state.get(f"round-{r}/start")["checkpoint_id"]) for r in range(last + 1)]
     evaluate(store, eval_config, checkpoints, log, evaluator)
     outcome = judged_outcome(judge, evaluator.prompts)
     win_rates = {}

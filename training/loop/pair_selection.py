@@ -18,8 +18,10 @@ Strategies (`--pair-selection`):
                     checkpoint was trained by DPO; else most-different (the base model's round).
 
 Whatever the strategy, a pair never holds an empty response, two identical texts (compared after strip) or two
-responses both cut off at the token limit (a judge has nothing to prefer between two unfinished answers). A prompt
-whose samples allow no such pair gets none. Which sample is stored as response a is a coin flip seeded per prompt,
+responses both cut off at the token limit (a judge has nothing to prefer between two unfinished answers), and it holds
+a cut-off response only when the prompt has no two finished ones to show: a preferred answer that was cut off cannot
+be trained on (export drops it, training/loop/export.py says why), so such a label would be wasted. A prompt whose
+samples allow no pair gets none. Which sample is stored as response a is a coin flip seeded per prompt,
 so the side a selection favours is random (the labeler shuffles the sides on screen again, per annotator).
 """
 
@@ -51,14 +53,17 @@ def choose_selection(requested: str, have_reward_model: bool, trained_by_dpo: bo
 
 
 def eligible_pairs(samples: Sequence[Sample]) -> list[tuple[int, int]]:
-    """Index pairs (i < j) an annotator may be shown: both non-empty, different texts, not both cut off."""
+    """Index pairs (i < j) an annotator may be shown: both non-empty, different texts, both finished; only when no
+    such pair exists, pairs of a finished and a cut-off response. Never two cut-off ones."""
     texts = [s.text.strip() for s in samples]
-    return [
+    distinct = [
         (i, j)
         for i in range(len(samples))
         for j in range(i + 1, len(samples))
         if texts[i] and texts[j] and texts[i] != texts[j] and (samples[i].stopped or samples[j].stopped)
     ]
+    finished = [(i, j) for i, j in distinct if samples[i].stopped and samples[j].stopped]
+    return finished or distinct
 
 
 def dice_distance(text_a: str, text_b: str) -> float:
