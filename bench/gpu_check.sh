@@ -14,7 +14,9 @@
 #             defaults for 100 steps: rloo-history.json (every step's reward-model score, KL, length, loss, grad
 #             norm; copied every 10 s, so a run cut by the call limit still returns it), rloo.log, rloo-metrics.json
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
-#   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once
+#   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once;
+#             DEADLINE (s) counts from the loops' start: leave ~60 s of the call's 600 for unpacking, the model's
+#             conversion and the copies (545 in a first call ran past the limit; the same command resumes)
 #   loop-smoke  one short loop-sim round on the GPU: every stage's code path (static decoder, DPO, eval), timed
 set -euo pipefail
 cd "$(dirname "$0")/.."
