@@ -13,6 +13,7 @@
 #   rloo      attention backward check (bench/attention_nan_check.py), then as ppo from nothing and train-rloo with its
 #             defaults for 100 steps: rloo-history.json (every step's reward-model score, KL, length, loss, grad
 #             norm; copied every 10 s, so a run cut by the call limit still returns it), rloo.log, rloo-metrics.json
+#   rloo-lr LR  the reward model as in rloo, then the defaults and --learning-rate LR side by side, 100 steps each
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 #   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once;
 #             DEADLINE (s) counts from the loops' start: leave ~60 s of the call's 600 for unpacking, the model's
@@ -48,7 +49,23 @@ simulated_reward_model() {
   timed rm $cli train-rm --output-dir "$1" --num-train-epochs 2
 }
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep | loop-smoke}" in
+# train-rloo for 100 steps into /root/work/ck/$1 (more options after it); its history is copied to $out/$1-history.json
+# every 10 s, so a run cut by the call limit still returns it. Its exit status is the function's.
+rloo_100_steps() {
+  local name=$1 run_dir=/root/work/ck/$1 status=0 t0=$SECONDS copier
+  shift
+  (while sleep 10; do cp "$run_dir/history.json" "$out/$name-history.json" 2>/dev/null || true; done) &
+  copier=$!
+  $cli train-rloo --output-dir "$run_dir" --max-steps 100 --save-steps 1000 --report-to none "$@" 2>&1 \
+    | tee "$out/$name.log" || status=$?
+  echo "$name: wall $((SECONDS - t0)) s, exit $status" | tee -a "$out/$name.log"
+  kill $copier
+  cp "$run_dir/history.json" "$out/$name-history.json" 2>/dev/null || true
+  cp "$run_dir/metrics.json" "$out/$name-metrics.json" 2>/dev/null || true
+  return $status
+}
+
+case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | loop-sweep | loop-smoke}" in
   loop-smoke)
     $cli model
     export PREFLOOP_DB=/root/work/smoke.duckdb
@@ -94,17 +111,17 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | dpo7b | loop-sweep |
     python3 bench/attention_nan_check.py 2>&1 | tee "$out/attention-nan-check.txt"
     export PREFLOOP_DB=/root/work/rloo.duckdb
     simulated_reward_model /root/work/ck/rloo-rm
-    run_dir=/root/work/ck/rloo
-    (while sleep 10; do cp "$run_dir/history.json" "$out/rloo-history.json" 2>/dev/null || true; done) &
-    copier=$!
-    status=0 t0=$SECONDS
-    $cli train-rloo --output-dir $run_dir --max-steps 100 --save-steps 1000 --report-to none 2>&1 \
-      | tee "$out/rloo.log" || status=$?
-    echo "rloo: wall $((SECONDS - t0)) s, exit $status" | tee -a "$out/rloo.log"
-    kill $copier
-    cp "$run_dir/history.json" "$out/rloo-history.json"
-    cp "$run_dir/metrics.json" "$out/rloo-metrics.json" 2>/dev/null || true
-    exit $status
+    rloo_100_steps rloo
+    ;;
+  rloo-lr)
+    # The reward model as in `rloo`, then two 100-step RLOO runs side by side on the GPU: the defaults and
+    # --learning-rate $2 (rloo-history.json and rloo-lr<LR>-history.json). Picks the learning rate by measurement.
+    export PREFLOOP_DB=/root/work/rloo.duckdb
+    simulated_reward_model /root/work/ck/rloo-rm
+    rloo_100_steps rloo > /dev/null & first=$!
+    rloo_100_steps "rloo-lr${2:?learning rate}" --learning-rate "$2" > /dev/null || true
+    wait $first || true
+    tail -n 3 "$out"/rloo*.log
     ;;
   ppo-eval)
     export PREFLOOP_DB=/root/work/ppo.duckdb
