@@ -21,12 +21,12 @@ TABLE_METRICS = [
 ]
 
 
-def report_rows(store, config, state, last: int | None = None) -> list[dict]:
-    """Per round up to `last` (all by default): its checkpoint and the newest stored result of each table metric
-    (None where there is none)."""
+def report_rows(store, state, last: int) -> list[dict]:
+    """Per round 0..last: its checkpoint and the newest stored result of each table metric (None where there is
+    none)."""
     results = store.list_eval_results()
     rows = []
-    for r in range(config.rounds + 1 if last is None else last + 1):
+    for r in range(last + 1):
         checkpoint_id = state.get(f"round-{r}/start")["checkpoint_id"]
         row = {"round": r, "checkpoint": checkpoint_id}
         for metric, _ in TABLE_METRICS:

@@ -130,7 +130,7 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
             raise stopped
         log(f"the loop stopped in round {r}; evaluating rounds 0 to {last}")
         state.run(f"eval-rounds-0-{last}", lambda: _evaluate(store, config, state, judge, last, log))
-    rows = report_rows(store, config, state, last)
+    rows = report_rows(store, state, last)
     write_report(config, state, rows, report_dir, log, stopped=str(stopped) if stopped else None)
     if stopped is not None:
         raise stopped
