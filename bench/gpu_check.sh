@@ -13,7 +13,10 @@
 #   rloo      attention backward check (bench/attention_nan_check.py), then as ppo from nothing and train-rloo with its
 #             defaults for 100 steps: rloo-history.json (every step's reward-model score, KL, length, loss, grad
 #             norm; copied every 10 s, so a run cut by the call limit still returns it), rloo.log, rloo-metrics.json
-#   rloo-lr LR  the reward model as in rloo, then the defaults and --learning-rate LR side by side, 100 steps each
+#   rloo-lr LR...  the reward model as in rloo, then one 100-step run per learning rate, side by side
+#             (rloo-lr<LR>-history.json each). Resumable: a rerun of the same command on the still-warm machine keeps
+#             the reward model and continues each run from its last checkpoint (saved every 10 steps)
+#   model     convert the embedded model once (run it first when two stages share a call: both would convert)
 #   dpo7b     train-dpo on a random-weight Qwen2.5-7B-shaped model (SmolLM2's tokenizer) on the same export
 #   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once;
 #             DEADLINE (s) counts from the loops' start: leave ~60 s of the call's 600 for unpacking, the model's
@@ -50,14 +53,17 @@ simulated_reward_model() {
 }
 
 # train-rloo for 100 steps into /root/work/ck/$1 (more options after it); its history is copied to $out/$1-history.json
-# every 10 s, so a run cut by the call limit still returns it. Its exit status is the function's.
+# every 10 s, so a run cut by the call limit still returns it. A run with a checkpoint-<step> folder (saved every 10
+# steps) resumes from it; a finished one (metrics.json) is left as it is. Its exit status is the function's.
 rloo_100_steps() {
-  local name=$1 run_dir=/root/work/ck/$1 status=0 t0=$SECONDS copier
+  local name=$1 run_dir=/root/work/ck/$1 status=0 t0=$SECONDS copier start=(--overwrite)
   shift
+  if [ -f "$run_dir/metrics.json" ]; then echo "$name: finished before"; return 0; fi
+  if compgen -G "$run_dir/checkpoint-*" > /dev/null; then start=(--resume); fi
   (while sleep 10; do cp "$run_dir/history.json" "$out/$name-history.json" 2>/dev/null || true; done) &
   copier=$!
-  $cli train-rloo --output-dir "$run_dir" --max-steps 100 --save-steps 1000 --report-to none "$@" 2>&1 \
-    | tee "$out/$name.log" || status=$?
+  $cli train-rloo --output-dir "$run_dir" --max-steps 100 --save-steps 10 --save-total-limit 1 --report-to none \
+    "${start[@]}" "$@" 2>&1 | tee -a "$out/$name.log" || status=$?
   echo "$name: wall $((SECONDS - t0)) s, exit $status" | tee -a "$out/$name.log"
   kill $copier
   cp "$run_dir/history.json" "$out/$name-history.json" 2>/dev/null || true
@@ -65,7 +71,7 @@ rloo_100_steps() {
   return $status
 }
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | loop-sweep | loop-smoke}" in
+case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | loop-sweep | loop-smoke | model}" in
   loop-smoke)
     $cli model
     export PREFLOOP_DB=/root/work/smoke.duckdb
@@ -114,14 +120,20 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | lo
     rloo_100_steps rloo
     ;;
   rloo-lr)
-    # The reward model as in `rloo`, then two 100-step RLOO runs side by side on the GPU: the defaults and
-    # --learning-rate $2 (rloo-history.json and rloo-lr<LR>-history.json). Picks the learning rate by measurement.
+    # The reward model as in `rloo` (kept when a rerun finds it finished), then one 100-step RLOO run per learning
+    # rate given, side by side on the GPU. Picks the learning rate by measurement.
     export PREFLOOP_DB=/root/work/rloo.duckdb
-    simulated_reward_model /root/work/ck/rloo-rm
-    rloo_100_steps rloo > /dev/null & first=$!
-    rloo_100_steps "rloo-lr${2:?learning rate}" --learning-rate "$2" > /dev/null || true
-    wait $first || true
+    [ -f /root/work/ck/rloo-rm/metrics.json ] || simulated_reward_model /root/work/ck/rloo-rm
+    shift
+    pids=()
+    for lr in "${@:?learning rates}"; do
+      rloo_100_steps "rloo-lr$lr" --learning-rate "$lr" > /dev/null & pids+=($!)
+    done
+    wait "${pids[@]}" || true
     tail -n 3 "$out"/rloo*.log
+    ;;
+  model)
+    $cli model
     ;;
   ppo-eval)
     export PREFLOOP_DB=/root/work/ppo.duckdb
