@@ -2,6 +2,7 @@
 history.json train-rloo writes, with bench/ppo_curves.py's plotting.
 
     .venv/bin/python bench/rloo_curves.py checkpoints/round-0/rloo/history.json docs/rloo-h100.png
+    .venv/bin/python bench/rloo_curves.py lr2e-4=a/history.json lr5e-4=b/history.json docs/rloo-h200.png --smooth 10
 
 Prints a markdown table of every tenth step (and the last) for docs/benchmarks.md.
 """

@@ -40,10 +40,12 @@ class RLOOTrainConfig(ModelConfig):
     reward_checkpoint: int | None = opt(None, "reward-model checkpoint that scores completions; empty: the newest")
     output_dir: str = opt("", "run directory; empty: checkpoints/round-<n>/rloo (n: the reward model's round)")
     seed: int = opt(0, "seed of the adapter's initialisation, prompt order and sampling")
-    max_steps: int = opt(200, "optimizer steps")
+    max_steps: int = opt(100, "optimizer steps; the learning rate decays linearly to 0 at the last one")
     per_device_train_batch_size: int = opt(16, "completions per optimizer step: a multiple of num_generations")
     num_generations: int = opt(4, "completions per prompt; each one's baseline is the others' mean reward")
-    learning_rate: float = opt(3e-5, "AdamW learning rate of the LoRA parameters")
+    learning_rate: float = opt(
+        5e-4, "AdamW learning rate of the LoRA parameters; measured on the GPU against 3e-5 and 2e-4 (docs/benchmarks.md)"
+    )
     warmup_steps: float = opt(0.0, "learning-rate warmup: optimizer steps, or below 1 a fraction of all steps")
     max_grad_norm: float = opt(1.0, "gradient norm clip")
     max_new_tokens: int = opt(128, "completion length limit; a completion that reaches it has no EOS")
