@@ -180,6 +180,10 @@ def test_health_check_stops_a_collapsed_policy(store, stopping_model_dir, tmp_pa
         _check_health(store, config, collapsed, log=lambda *_: None)
     healthy = _check_health(store, config, base, log=lambda *_: None)
     assert healthy["empty_share"] < 0.5 and healthy["kl_to_base"] == 0
+    # answers that read but a KL past the bound (planted: a bound below the base model's 0) are named as such
+    config.max_kl = -1.0
+    with pytest.raises(LoopError, match=r"checkpoint \d+ moved past the KL bound: .* KL to the base model is 0.0"):
+        _check_health(store, config, base, log=lambda *_: None)
 
 
 def test_noise_flips_choices(store, tmp_path):

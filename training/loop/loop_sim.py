@@ -249,9 +249,12 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
     health = {"checked": True, "empty_share": empty, "cut_share": cut, "kl_to_base": kl, "prompts": len(samples)}
     log(f"health of checkpoint {checkpoint_id}: {empty:.0%} empty answers, {cut:.0%} cut at the token limit, "
         f"KL to base {kl:.2f} nats per response")
-    if empty > config.max_empty_share or cut > config.max_cut_share or kl > config.max_kl:
+    broken = empty > config.max_empty_share or cut > config.max_cut_share
+    if broken or kl > config.max_kl:
+        # A policy whose answers still read (and end) but moved far from the base is not "collapsed": say which.
+        what = "collapsed" if broken else "moved past the KL bound"
         raise LoopError(
-            f"checkpoint {checkpoint_id} collapsed: of {len(samples)} held-out answers {empty:.0%} are empty "
+            f"checkpoint {checkpoint_id} {what}: of {len(samples)} held-out answers {empty:.0%} are empty "
             f"(bound {config.max_empty_share:.0%}) and {cut:.0%} never end (bound {config.max_cut_share:.0%}); "
             f"its KL to the base model is {kl:.1f} nats per response (bound {config.max_kl:g}). Lower the DPO "
             f"learning rate or epochs in {config.dpo_config}, raise beta, or start again from an earlier "
