@@ -235,12 +235,15 @@ def focus_field(label: str) -> None:
 def tab_from_the_top(pair_id: int) -> None:
     """When a pair is drawn and nothing has the focus, give it to the page's scrolling area (arrow keys then scroll
     it, shortcut keys still work), so the next Tab goes to the first field of the page (the rationale box) rather than
-    to whatever follows the button pressed on the previous pair. `pair_id` makes the script new for each pair."""
+    to whatever follows the button pressed on the previous pair. `pair_id` makes the script new for each pair.
+    It looks for a second (every 50 ms), not once: the element that had the focus on the previous screen (the sign-in
+    field, a button) is removed only when the script run ends, and the focus falls to the page body then."""
     _page_script(f"""/* pair {int(pair_id)} */
-        setTimeout(() => {{
+        (function settle(tries) {{
             const main = document.querySelector('[data-testid="stMain"]');
             if (main && (!document.activeElement || document.activeElement === document.body)) {{
                 if (!main.hasAttribute('tabindex')) main.setAttribute('tabindex', '-1');
                 main.focus({{preventScroll: true}});
             }}
-        }}, 50);""")
+            if (tries > 0) setTimeout(() => settle(tries - 1), 50);
+        }})(20);""")
