@@ -46,6 +46,7 @@ def wait_until(condition, timeout: float = 15, what: str = "condition"):
 
 def signed_out(page) -> None:
     page.get_by_label("Sign-in token", exact=True).wait_for()
+    wait_idle(page)  # the sign-in field is drawn before the run ends and Streamlit removes the previous screen
     assert page.get_by_text("Response A", exact=True).count() == 0
 
 
