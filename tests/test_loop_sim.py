@@ -55,7 +55,8 @@ def test_builtin_judges_and_loading():
 def scaled_down_recipe(tmp_path):
     """configs/dpo.yaml with only what the tiny model's size calls for changed: one batch of 8 pairs a step, short
     sequences, and five times the learning rate (measured on this model: 3e-4 moved it barely, 1e-3 clearly, 5e-3
-    collapsed it in a round); generation and evaluation cut to 24-token answers and 32 held-out prompts."""
+    collapsed it in a round); generation and evaluation cut to 24-token answers and 32 held-out prompts. loop-sim's
+    own defaults (k = 8, a fixed 32 DPO steps a round over every round's labels) stay as they are."""
     import yaml
 
     root = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
     assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}
     assert state["stages"]["round-1/health"]["checked"]
+    assert [state["stages"][f"round-{r}/train"]["metrics"]["global_step"] for r in (0, 1)] == [32, 32]
 
     # Every judgment went through the store as the simulated annotator; a rerun finds every stage finished.
     sim = store.get_annotator("sim:shorter")

@@ -476,6 +476,9 @@ def test_cli_train_dpo_with_an_ipo_loss(tiny_model_dir, tmp_path, db_path, capsy
         == 1
     )
     assert "a finished run" in capsys.readouterr().err
+    mismatched = ["--loss-type", "sigmoid,sft", "--loss-weights", "1", "--output-dir", str(tmp_path / "weights")]
+    assert main(["--db", str(db_path), "train-dpo", "--model", str(tiny_model_dir), *mismatched]) == 1
+    assert "loss_weights has 1 entries for 2 loss_type (sigmoid,sft)" in capsys.readouterr().err
 
 
 def test_min_steps_raises_the_epochs_of_a_small_export():

@@ -175,6 +175,11 @@ def build_trainer(
     from training.engine.lm_head import install_lm_head
     from training.engine.reference_logps import attach_reference_logps
 
+    if config.loss_weights and len(config.loss_weights) != len(config.loss_type):
+        raise ValueError(
+            f"loss_weights has {len(config.loss_weights)} entries for {len(config.loss_type)} loss_type "
+            f"({','.join(config.loss_type)}): give one weight per loss, or none for 1 each"
+        )
     args = trl_config(DPOConfig, config, output_dir, loaded, loss_weights=config.loss_weights or None)
     trainer = DPOTrainer(
         model=loaded.model,

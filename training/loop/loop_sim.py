@@ -5,11 +5,12 @@ then evaluate every round's checkpoint and report whether the model improved und
     make loop-sim ROUNDS=3 JUDGE=training.loop.judges:contains_word NAME=example-loop
     prefloop loop-sim --name example-loop            # rerun: continues from the last finished stage
 
-Round r samples k responses per prompt with round r's checkpoint and keeps the pair the pair selection picks
-(`prefloop generate`, configs/generate.yaml) until the round has `pairs_per_round` train pairs and `heldout_pairs`
-held-out pairs; the judge labels them as annotator sim:<judge>; the train pairs are exported and DPO
-(configs/dpo.yaml: the recipe `make train-dpo` uses) continues round r's checkpoint, which gives the checkpoint of
-round r + 1. A health check then samples the new checkpoint and stops the loop, with the figures, when the policy
+Round r samples k responses per prompt (`samples_per_prompt`, 8) with round r's checkpoint and keeps the pair the
+pair selection picks (`prefloop generate`, configs/generate.yaml) until the round has `pairs_per_round` train pairs
+and `heldout_pairs` held-out pairs; the judge labels them as annotator sim:<judge>; the train pairs of every round so
+far are exported and DPO (configs/dpo.yaml: the recipe `make train-dpo` uses, for a fixed `dpo_steps` optimizer
+steps) continues round r's checkpoint, which gives the checkpoint of round r + 1. These defaults are the recipe the
+GPU sweep of docs/loop.md chose, one for every judge. A health check then samples the new checkpoint and stops the loop, with the figures, when the policy
 collapsed (empty answers, answers that never end, or a KL to the base model beyond a bound). After the last round every checkpoint is
 evaluated (`prefloop eval`: held-out preference accuracy on every judged held-out pair, KL to the base model, response
 length) and, on the same held-out prompts, k samples of each round compete under the judge with round 0's and with
@@ -45,10 +46,27 @@ class LoopConfig:
     judge: str = opt("training.loop.judges:shorter", "module:function of the simulated annotator")
     noise: float = opt(0.0, "probability that the simulated annotator flips an a/b choice")
     prompts_file: str = opt("store/seeds/prompts.jsonl", "prompts imported before round 0 (duplicates skipped)")
-    pairs_per_round: int = opt(128, "judged train pairs per round (generation tops up until the round has them)")
+    pairs_per_round: int = opt(
+        256,
+        "judged train pairs per round (generation tops up until the round has them); a judge that calls most pairs "
+        "a tie still leaves DPO a few dozen decisive ones",
+    )
     heldout_pairs: int = opt(128, "judged held-out pairs per round, for held-out preference accuracy")
-    train_on: str = opt("round", "each round's DPO run learns from that round's labels (round) or every round's so far (all)")
-    generate_config: str = opt("configs/generate.yaml", "YAML of candidate generation (k samples, decoding)")
+    train_on: str = opt(
+        "all",
+        "each round's DPO run learns from every round's labels so far (all) or that round's only (round): with a "
+        "fixed step budget the first round's few labels are seen most often and later rounds spread over more",
+    )
+    samples_per_prompt: int = opt(
+        8, "candidates sampled per prompt, over generate_config's k (0: as it says): more samples, more pairs a "
+        "judge can decide"
+    )
+    dpo_steps: int = opt(
+        32,
+        "optimizer steps of each round's DPO run whatever the number of labels (its min_steps and max_steps; 0: as "
+        "dpo_config says): a round of few decisive pairs still moves the policy, one of many does not overshoot",
+    )
+    generate_config: str = opt("configs/generate.yaml", "YAML of candidate generation (decoding, the engine)")
     dpo_config: str = opt("configs/dpo.yaml", "YAML of each round's DPO run: the recipe `make train-dpo` uses")
     eval_config: str = opt("", "YAML of the evaluation (empty: EvalConfig's defaults, 200 prompts x 4 samples)")
     backend: str = opt(
@@ -57,8 +75,14 @@ class LoopConfig:
         "patches the model classes it runs); unsloth or auto for models where its speed matters",
     )
     max_empty_share: float = opt(0.5, "health check: stop when more of a new checkpoint's answers are empty")
-    max_cut_share: float = opt(0.95, "health check: stop when more of its answers run to the token limit (never end)")
-    max_kl: float = opt(25.0, "health check: stop when a new checkpoint's KL to the base model exceeds this (nats)")
+    max_cut_share: float = opt(
+        0.8, "health check: stop when more of its answers run to the token limit (never end; the base model's: ~50%)"
+    )
+    max_kl: float = opt(
+        40.0,
+        "health check: stop when a new checkpoint's KL to the base model exceeds this (nats per response; the "
+        "healthy loops of docs/loop.md reached 27)",
+    )
     health_prompts: int = opt(64, "held-out prompts the health check samples once each")
     seed: int = opt(3407, "seed of generation, the judge's noise and evaluation (DPO's is in its YAML)")
     report_dir: str = opt("data/reports", "where the state file, table, plot and JSON summary are written")
@@ -183,6 +207,8 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
         # A quarter more prompts than pairs missing: some prompts' samples allow no pair.
         overrides = dict(num_prompts=math.ceil(missing * 1.25), seed=config.seed, round=round_id, split=split,
                          strategy="samples")
+        if config.samples_per_prompt:
+            overrides["samples_per_prompt"] = config.samples_per_prompt
         try:
             summary = generate(store, build(GenerateConfig, _yaml(config.generate_config), overrides), progress=False)
         except StoreError as exc:  # every prompt of the split used: the round stays short, and says so
@@ -211,16 +237,15 @@ def _train(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
     from training.algorithms.dpo import DPOTrainConfig, train  # before transformers: Unsloth patches it on import
 
     output_dir = Path("checkpoints") / config.name / f"round-{r}" / "dpo"
-    dpo_config = build(
-        DPOTrainConfig,
-        _yaml(config.dpo_config),
-        dict(
-            export=state.get(f"round-{r}/export")["export"],
-            parent=state.get(f"round-{r}/start")["checkpoint_id"],
-            output_dir=str(output_dir),
-            backend=config.backend,
-        ),
+    overrides = dict(
+        export=state.get(f"round-{r}/export")["export"],
+        parent=state.get(f"round-{r}/start")["checkpoint_id"],
+        output_dir=str(output_dir),
+        backend=config.backend,
     )
+    if config.dpo_steps:
+        overrides |= dict(min_steps=config.dpo_steps, max_steps=config.dpo_steps)
+    dpo_config = build(DPOTrainConfig, _yaml(config.dpo_config), overrides)
     resume = any(output_dir.glob("checkpoint-*"))  # an interrupted run left a trainer checkpoint to continue
     result = train(store, dpo_config, resume=resume, overwrite=not resume)
     keep = ("train_loss", "first_loss", "last_loss", "global_step", "train_runtime", "heldout_reward_accuracy")
@@ -257,7 +282,7 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
             f"checkpoint {checkpoint_id} {what}: of {len(samples)} held-out answers {empty:.0%} are empty "
             f"(bound {config.max_empty_share:.0%}) and {cut:.0%} never end (bound {config.max_cut_share:.0%}); "
             f"its KL to the base model is {kl:.1f} nats per response (bound {config.max_kl:g}). Lower the DPO "
-            f"learning rate or epochs in {config.dpo_config}, raise beta, or start again from an earlier "
+            f"learning rate in {config.dpo_config} or --dpo-steps, raise beta, or start again from an earlier "
             "checkpoint; the loop stops here."
         )
     return health
