@@ -113,6 +113,8 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}
     assert state["stages"]["round-1/health"]["checked"]
     assert [state["stages"][f"round-{r}/train"]["metrics"]["global_step"] for r in (0, 1)] == [32, 32]
+    generated = state["stages"]["round-0/generate-train"]
+    assert generated["prompts"] > 0 and generated["responses"] == 8 * generated["prompts"]  # loop-sim's k
 
     # Every judgment went through the store as the simulated annotator; a rerun finds every stage finished.
     sim = store.get_annotator("sim:shorter")

@@ -202,7 +202,7 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
     """Generate until the round has `wanted` pairs of the split (prompts whose samples give no pair are used up)."""
     from training.loop.generation import GenerateConfig, generate
 
-    produced = 0
+    produced = prompts = responses = 0
     while (missing := wanted - store.count_pairs(round_id, split, "samples")) > 0:
         # A quarter more prompts than pairs missing: some prompts' samples allow no pair.
         overrides = dict(num_prompts=math.ceil(missing * 1.25), seed=config.seed, round=round_id, split=split,
@@ -214,13 +214,14 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
         except StoreError as exc:  # every prompt of the split used: the round stays short, and says so
             log(f"round {round_id}: {exc}; {wanted - missing} of {wanted} {split} pairs")
             break
-        produced += summary.pairs
+        produced, prompts, responses = produced + summary.pairs, prompts + summary.prompts, responses + summary.responses
         log(f"round {round_id} {split}: {summary.pairs} pairs from {summary.prompts} prompts "
             f"({summary.unpaired_prompts} without a pair, {summary.truncated} responses cut off) in {summary.seconds:.0f} s")
         if summary.pairs == 0:  # nothing this model samples makes a pair (all cut off, say): more prompts won't help
             log(f"round {round_id}: no {split} pair from {summary.prompts} prompts; {wanted - missing} of {wanted}")
             break
-    return {"pairs": store.count_pairs(round_id, split, "samples"), "new_pairs": produced}
+    return {"pairs": store.count_pairs(round_id, split, "samples"), "new_pairs": produced, "prompts": prompts,
+            "responses": responses}
 
 
 def _export(store: Store, config: LoopConfig, r: int, round_id: int) -> dict:
