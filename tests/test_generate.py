@@ -514,7 +514,7 @@ def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, ada
     from training.engine.sampling import sample
     from training.models import load_for_generation
 
-    add_prompts(store, 20)
+    add_prompts(store, 60)  # some of them held out
     base = store.register_checkpoint("base", str(stopping_model_dir))
     store.new_round(base)
     tuned = store.register_checkpoint("dpo", str(stopping_model_dir), str(adapter_dir), round_id=0, parent_id=base)
@@ -539,3 +539,5 @@ def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, ada
             expected[prompt["id"]] = {samples[pick[0]].text, samples[pick[1]].text}
     pairs = {p["prompt_id"]: {p["a_text"], p["b_text"]} for p in store.generated_pairs(round_id)}
     assert expected and pairs == expected
+    # Held-out pairs measure this checkpoint: auto leaves them to most-different, not to its own scores.
+    assert generate(store, config(split="heldout", num_prompts=4), progress=False).selection == "most-different"

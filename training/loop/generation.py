@@ -45,8 +45,9 @@ class GenerateConfig:
     samples_per_prompt: int = opt(4, "responses sampled per prompt by the samples strategy; one pair is kept")
     pair_selection: str = opt(
         "auto", "which two samples form the pair: most-different, reward-extremes, reward-uncertain, "
-        "implicit-extremes, or auto (a registered reward model's extremes, else the DPO checkpoint's implicit "
-        "reward extremes, else most-different)"
+        "implicit-extremes, or auto (train pairs: a registered reward model's extremes, else the DPO checkpoint's "
+        "implicit reward extremes, else most-different; held-out pairs: most-different, so no model picks the pairs "
+        "it is measured on)"
     )
     temperature: float = opt(1.0, "sampling temperature (above 0: greedy decoding would give identical samples)")
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches top_p")
@@ -192,7 +193,7 @@ def pair_scorer(store: Store, config: GenerateConfig, policy: dict):
     if config.strategy != "samples":
         return "", None
     reward = store.latest_checkpoint(("reward",))
-    selection = choose_selection(config.pair_selection, reward is not None, policy["kind"] == "dpo")
+    selection = choose_selection(config.pair_selection, reward is not None, policy["kind"] == "dpo", config.split)
     if selection in REWARD_SELECTIONS:
         return selection, reward_scorer(reward)
     if selection == "implicit-extremes":

@@ -14,8 +14,11 @@ Strategies (`--pair-selection`):
                     own checkpoint against its DPO reference: the preferences the labels taught so far rank the
                     samples (as in DICE, Chen et al. 2024), with no reward model to train. Only for a checkpoint
                     trained by DPO.
-  auto              reward-extremes with a registered reward model; else implicit-extremes when the round's
-                    checkpoint was trained by DPO; else most-different (the base model's round).
+  auto              for train pairs: reward-extremes with a registered reward model; else implicit-extremes when
+                    the round's checkpoint was trained by DPO; else most-different (the base model's round). For
+                    held-out pairs always most-different: they measure the models (held-out accuracy of the policy
+                    and of the reward model), so no model's scores may pick them (a checkpoint would be scored on the
+                    very pairs it ranked as its own extremes).
 
 Whatever the strategy, a pair never holds an empty response, two identical texts (compared after strip) or two
 responses both cut off at the token limit (a judge has nothing to prefer between two unfinished answers), and it holds
@@ -39,11 +42,16 @@ REWARD_SELECTIONS = ("reward-extremes", "reward-uncertain")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def choose_selection(requested: str, have_reward_model: bool, trained_by_dpo: bool = False) -> str:
-    """The strategy `requested` names, auto resolved; a strategy without what it scores with is an error."""
+def choose_selection(
+    requested: str, have_reward_model: bool, trained_by_dpo: bool = False, split: str = "train"
+) -> str:
+    """The strategy `requested` names, auto resolved for the split; a strategy without what it scores with is an
+    error."""
     if requested not in SELECTIONS:
         raise ValueError(f"pair_selection must be one of {', '.join(SELECTIONS)}, not {requested!r}")
     if requested == "auto":
+        if split == "heldout":
+            return "most-different"
         return "reward-extremes" if have_reward_model else "implicit-extremes" if trained_by_dpo else "most-different"
     if requested in REWARD_SELECTIONS and not have_reward_model:
         raise ValueError(f"pair_selection {requested} needs a registered reward model: run `prefloop train-rm` first")
