@@ -95,10 +95,21 @@ class DPOTrainConfig(TrainConfig):
         "resumes and reruns on the same export and parent)",
     )
 
+    def validate(self) -> None:
+        """The settings TRL would reject only once the model is loaded and the run started."""
+        if self.reference not in ("parent", "base"):
+            raise ValueError(f"reference must be parent or base, not {self.reference!r}")
+        if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type "
+                f"({','.join(self.loss_type)}): give one weight per loss, or none for 1 each"
+            )
+
 
 def train(
     store: Store, config: DPOTrainConfig, resume: bool = False, overwrite: bool = False, callbacks: tuple = ()
 ) -> TrainResult:
+    config.validate()  # before the export, the model and the run record
     export, data = load_export(store, config.export)
     for split in data:
         require_columns(data[split], PREFERENCE_COLUMNS, f"export {export['name']!r}, split {split}")
@@ -175,11 +186,7 @@ def build_trainer(
     from training.engine.lm_head import install_lm_head
     from training.engine.reference_logps import attach_reference_logps
 
-    if config.loss_weights and len(config.loss_weights) != len(config.loss_type):
-        raise ValueError(
-            f"loss_weights has {len(config.loss_weights)} entries for {len(config.loss_type)} loss_type "
-            f"({','.join(config.loss_type)}): give one weight per loss, or none for 1 each"
-        )
+    config.validate()  # the benches build a trainer without `train`
     args = trl_config(DPOConfig, config, output_dir, loaded, loss_weights=config.loss_weights or None)
     trainer = DPOTrainer(
         model=loaded.model,
@@ -189,8 +196,6 @@ def build_trainer(
         processing_class=loaded.tokenizer,
         callbacks=[StopOnNonFiniteLoss(), SaveOnlyTrainedAdapter(), *callbacks],
     )
-    if config.reference not in ("parent", "base"):
-        raise ValueError(f"reference must be parent or base, not {config.reference!r}")
     if config.reference == "base" and "ref" in trainer.model.peft_config:
         # TRL computes the reference with the "ref" adapter (its frozen copy of the parent's) active, and with every
         # adapter disabled when there is none: without it, the reference is the base model.
