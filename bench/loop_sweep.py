@@ -1,11 +1,12 @@
 """Sweep the loop's DPO recipe: one `prefloop loop-sim` per (variant, judge), several at once on one GPU.
 
-    python bench/loop_sweep.py --variants base,lr2e-4-all --judges shorter,structured --out sweep-out
+    python bench/loop_sweep.py --variants default,steps64 --judges shorter,structured --out sweep-out
     python bench/loop_sweep.py --list                       # the variants in bench/loop_variants.yaml
     bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
 
 Each variant (bench/loop_variants.yaml) lays DPOTrainConfig fields over configs/dpo.yaml, GenerateConfig fields over
-configs/generate.yaml and LoopConfig fields over the loop's defaults; each judge is a function of training/loop/judges.py
+configs/generate.yaml and LoopConfig fields over the loop's defaults (the sweep sets no loop field of its own, so a
+variant differs from the defaults by what it says and nothing else); each judge is a function of training/loop/judges.py
 (`name` or `name@noise` for a noisy annotator). Every loop runs in its own folder
 under --work (database, checkpoints, report), as its own process; a rerun of the same command skips loops that
 finished and resumes the others from their state files (loop-sim's own resume). The embedded model is converted once
@@ -61,7 +62,6 @@ def start(variant: str, judge: str, configs: dict[str, Path], loop: dict, work: 
     command = [
         sys.executable, "-m", "training.cli", "--db", str(folder / "loop.duckdb"), "loop-sim", "--name", name,
         "--judge", f"training.loop.judges:{judge_name}", "--noise", noise or "0", "--rounds", str(args.rounds),
-        "--pairs-per-round", str(args.pairs), "--heldout-pairs", str(args.heldout_pairs),
         "--prompts-file", str(ROOT / "store" / "seeds" / "prompts.jsonl"),
         "--generate-config", str(configs["generate"]), "--dpo-config", str(configs["dpo"]),
         "--report-dir", str(folder / "reports"),
@@ -99,8 +99,6 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="comma-separated names from bench/loop_variants.yaml")
     parser.add_argument("--judges", default="shorter", help="comma-separated judge functions, name@noise for noise")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pairs", type=int, default=128, help="judged train pairs per round")
-    parser.add_argument("--heldout-pairs", type=int, default=128)
     parser.add_argument("--eval-config", type=Path, help="EvalConfig YAML for every loop (default: its defaults)")
     parser.add_argument("--work", type=Path, default=Path("sweep-work"))
     parser.add_argument("--out", type=Path, default=Path("sweep-out"))

@@ -56,7 +56,7 @@ def scaled_down_recipe(tmp_path):
     """configs/dpo.yaml with only what the tiny model's size calls for changed: one batch of 8 pairs a step, short
     sequences, and five times the learning rate (measured on this model: 3e-4 moved it barely, 1e-3 clearly, 5e-3
     collapsed it in a round); generation and evaluation cut to 24-token answers and 32 held-out prompts. loop-sim's
-    own defaults (k = 8, a fixed 32 DPO steps a round over every round's labels) stay as they are."""
+    own defaults (k = 8, a fixed 48 DPO steps a round over every round's labels) stay as they are."""
     import yaml
 
     root = Path(__file__).resolve().parents[1]
@@ -112,7 +112,8 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
     assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}
     assert state["stages"]["round-1/health"]["checked"]
-    assert [state["stages"][f"round-{r}/train"]["metrics"]["global_step"] for r in (0, 1)] == [32, 32]
+    steps = [state["stages"][f"round-{r}/train"]["metrics"]["global_step"] for r in (0, 1)]
+    assert steps == [LoopConfig().dpo_steps] * 2 == [48, 48]  # loop-sim's own step budget reached training
     generated = state["stages"]["round-0/generate-train"]
     assert generated["prompts"] > 0 and generated["responses"] == 8 * generated["prompts"]  # loop-sim's k
 
@@ -198,3 +199,38 @@ def test_noise_flips_choices(store, tmp_path):
     assert result.judged == 20 and result.flipped == 20
     choices = {j["choice"] for j in store.judgments()}
     assert choices == {"b"}
+
+
+def test_a_sweep_variant_differs_from_the_loop_defaults_by_what_it_says(tmp_path, monkeypatch):
+    """bench/loop_sweep.py starts each loop-sim with the variant's loop fields and no loop field of its own: a sweep
+    option that set, say, the pairs per round would make every variant measure something the defaults are not."""
+    import argparse
+    import importlib.util
+
+    from training.config import add_arguments, from_args
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("loop_sweep", root / "bench" / "loop_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    commands = []
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda command, **_: commands.append(command))
+    args = argparse.Namespace(rounds=3, eval_config=None, threads=1)
+    variants = {"default": {}, "steps64": {"loop": {"dpo_steps": 64}}}
+    for variant, variant_spec in variants.items():
+        configs = sweep.write_configs(variant, variant_spec, tmp_path, throughput=True)
+        sweep.start(variant, "contains_word@0.2", configs, variant_spec.get("loop", {}), tmp_path, args)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, LoopConfig)
+    # What every loop of a sweep sets: where it runs, its judge and rounds, and the variant's config files.
+    sweep_fields = {"name", "judge", "noise", "rounds", "prompts_file", "generate_config", "dpo_config", "report_dir"}
+    defaults = LoopConfig()
+    for (variant, variant_spec), command in zip(variants.items(), commands):
+        options = parser.parse_args(command[command.index("loop-sim") + 1:])
+        given = {name for name, value in vars(options).items() if value is not None and name != "config"}
+        assert given == sweep_fields | set(variant_spec.get("loop", {})), variant
+        config = from_args(LoopConfig, options)
+        assert (config.judge, config.noise) == ("training.loop.judges:contains_word", 0.2)
+        assert config.pairs_per_round == defaults.pairs_per_round
+        assert config.dpo_steps == variant_spec.get("loop", {}).get("dpo_steps", defaults.dpo_steps)

@@ -47,7 +47,7 @@ class LoopConfig:
     noise: float = opt(0.0, "probability that the simulated annotator flips an a/b choice")
     prompts_file: str = opt("store/seeds/prompts.jsonl", "prompts imported before round 0 (duplicates skipped)")
     pairs_per_round: int = opt(
-        256,
+        128,
         "judged train pairs per round (generation tops up until the round has them); a judge that calls most pairs "
         "a tie still leaves DPO a few dozen decisive ones",
     )
@@ -62,7 +62,7 @@ class LoopConfig:
         "judge can decide"
     )
     dpo_steps: int = opt(
-        32,
+        48,
         "optimizer steps of each round's DPO run whatever the number of labels (its min_steps and max_steps; 0: as "
         "dpo_config says): a round of few decisive pairs still moves the policy, one of many does not overshoot",
     )
