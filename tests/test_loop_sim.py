@@ -108,6 +108,11 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert last_kl["ci_low"] > 0, last_kl
     assert rows[0]["kl_to_base"]["value"] == 0 and rows[0]["heldout_accuracy"]["value"] == 0.5  # no change, none shown
     assert rows[-1]["heldout_accuracy"]["value"] > 0.5
+    # Held-out accuracy by the loop round that generated the pairs: the parts make up the whole.
+    overall, parts = summary["per_round"][-1]["heldout_accuracy"], summary["per_round"][-1]["heldout_accuracy_by_pair_round"]
+    assert set(parts) == {"0", "1"}, parts
+    assert sum(part["n"] for part in parts.values()) == overall["n"]
+    assert sum(part["value"] * part["n"] for part in parts.values()) == pytest.approx(overall["value"] * overall["n"])
     assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
     assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}

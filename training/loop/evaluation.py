@@ -12,7 +12,8 @@ Metrics stored per checkpoint (and the round it belongs to) in `eval_results`:
   heldout_accuracy      share of judged held-out pairs (final label a or b, store/final_labels.py) where the policy's
                         implicit reward log pi(y|x) - log base(y|x) is higher for the chosen response (DPO's reward up
                         to beta; base = the base model at the root of the lineage, so the figure is cumulative over
-                        rounds). An exact tie counts 1/2: the base model itself scores exactly 0.5.
+                        rounds). An exact tie counts 1/2: the base model itself scores exactly 0.5. Details break it
+                        down by the store round whose generation made the pair (`by_pair_round`).
   win_rate_vs_previous  win rate over the model of the round the checkpoint was trained on (ties count 1/2): from
                         the final labels of held-out 'vs-previous' pairs when there are any, otherwise both models
                         sample k responses per held-out prompt and the newest reward model judges each pair.
@@ -324,8 +325,19 @@ class Evaluator:
         margins = [(pc - bc) - (pr - br) for pc, bc, pr, br in zip(chosen.sums, base_chosen.sums, rejected.sums,
                                                                      base_rejected.sums)]
         beta = float(checkpoint["config"].get("beta", self.config.beta))
-        return self.estimate([1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]).row(
-            "heldout_accuracy", beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict()
+        outcomes = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
+        # The pool mixes every round's held-out pairs, each sampled from that round's model: per generating round, a
+        # lead can tell a model that orders the newest answers worse from one that forgets the oldest.
+        by_round: dict[int, list[float]] = {}
+        for pair, outcome in zip(self.pairs, outcomes):
+            by_round.setdefault(pair["round_id"], []).append(outcome)
+        by_pair_round = {
+            str(round_id): {k: v for k, v in self.estimate(values).row("").items() if k not in ("metric", "details")}
+            for round_id, values in sorted(by_round.items())
+        }
+        return self.estimate(outcomes).row(
+            "heldout_accuracy", beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
+            by_pair_round=by_pair_round,
         )
 
     def kl_to_base(self, spec: Spec, base: Spec) -> dict:

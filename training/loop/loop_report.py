@@ -68,6 +68,14 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
             return None
         return {"value": result["value"], "low": result["ci_low"], "high": result["ci_high"], "n": result["n"]}
 
+    # Store round -> loop round, for held-out accuracy on the pairs each loop round generated.
+    loop_round = {state.get(f"round-{r}/start")["round"]: r for r in range(config.rounds) if state.get(f"round-{r}/start")}
+
+    def accuracy_by_pair_round(result):
+        by_round = (result or {}).get("details", {}).get("by_pair_round", {})
+        return {str(loop_round.get(int(store_round), f"store {store_round}")): interval(estimate)
+                for store_round, estimate in by_round.items()}
+
     last = rows[-1]
     return {
         "name": config.name,
@@ -82,6 +90,7 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
         "per_round": [
             {"round": row["round"], "checkpoint": row["checkpoint"]}
             | {metric: interval(row[metric]) for metric, _ in TABLE_METRICS}
+            | {"heldout_accuracy_by_pair_round": accuracy_by_pair_round(row["heldout_accuracy"])}
             for row in rows
         ],
         "training": {
