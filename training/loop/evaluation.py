@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from store import Store
@@ -331,10 +331,7 @@ class Evaluator:
         by_round: dict[int, list[float]] = {}
         for pair, outcome in zip(self.pairs, outcomes):
             by_round.setdefault(pair["round_id"], []).append(outcome)
-        by_pair_round = {
-            str(round_id): {k: v for k, v in self.estimate(values).row("").items() if k not in ("metric", "details")}
-            for round_id, values in sorted(by_round.items())
-        }
+        by_pair_round = {str(round_id): asdict(self.estimate(values)) for round_id, values in sorted(by_round.items())}
         return self.estimate(outcomes).row(
             "heldout_accuracy", beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
             by_pair_round=by_pair_round,
