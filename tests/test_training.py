@@ -490,3 +490,29 @@ def test_min_steps_raises_the_epochs_of_a_small_export():
     assert epochs_for(config, 8) == 16 and epochs_for(config, 20) == pytest.approx(16 / 3)
     assert epochs_for(config, 128) == 2  # 16 steps an epoch: the configured 2 epochs give 32
     assert epochs_for(TrainConfig(num_train_epochs=2), 8) == 2  # min_steps 0: off
+
+
+def test_loss_weights_scale_each_term_of_a_combined_loss(tiny_model_dir, tmp_path, db_path):
+    """DPO + SFT term with weights (1, w): at the first step the policy is its reference, so DPO's term is log 2 and
+    the loss is log 2 + w * NLL of the chosen answers. Weights 0, 1 and 2 give exactly that line: the weights reach
+    TRL's loss (bench/loop_variants.yaml's sft2 changes what it says)."""
+    import math
+
+    from training.cli import main
+
+    store = Store(db_path)
+    register_export(store, tmp_path, "cli")
+    first_loss = {}
+    for weight in (0, 1, 2):
+        code = main(
+            ["--db", str(db_path), "train-dpo", "--model", str(tiny_model_dir), "--max-length", "64"]
+            + ["--max-steps", "1", "--lora-r", "4", "--gradient-checkpointing", "false", "--report-to", "none"]
+            + ["--loss-type", "sigmoid,sft", "--loss-weights", f"1,{weight}"]
+            + ["--output-dir", str(tmp_path / f"weight-{weight}")]
+        )
+        assert code == 0
+        first_loss[weight] = store.list_training_runs()[-1]["metrics"]["first_loss"]
+    nll = first_loss[1] - math.log(2)
+    assert nll > 1.0  # a random tiny model is far from the chosen answers: the term is there to scale
+    assert first_loss[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert first_loss[2] == pytest.approx(math.log(2) + 2 * nll, rel=1e-4)
