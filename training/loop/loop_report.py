@@ -69,7 +69,8 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
         return {"value": result["value"], "low": result["ci_low"], "high": result["ci_high"], "n": result["n"]}
 
     # Store round -> loop round, for held-out accuracy on the pairs each loop round generated.
-    loop_round = {state.get(f"round-{r}/start")["round"]: r for r in range(config.rounds) if state.get(f"round-{r}/start")}
+    starts = {r: state.get(f"round-{r}/start") for r in range(config.rounds)}
+    loop_round = {start["round"]: r for r, start in starts.items() if start}
 
     def accuracy_by_pair_round(result):
         by_round = (result or {}).get("details", {}).get("by_pair_round", {})
