@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from store import Judgment, PromptIn
-from training.loop.evaluation import EvalConfig, Evaluator, Spec
+from training.engine.logprobs import LogProbs
+from training.loop.evaluation import EvalConfig, Evaluator, Spec, implicit_reward_margins, ordering
 from training.metrics import bootstrap_by_group
 
 PLANTED_SCALE = 0.42  # scales the planted adapter's B matrices to a KL of about 0.1 nats per response (measured)
@@ -104,7 +105,26 @@ def test_no_change_shows_none(heldout_store, bf16_model_dir, tmp_path):
     for checkpoint_id in (base_id, zero_id):
         rows = {r["metric"]: r for r in evaluator.evaluate(heldout_store.get_checkpoint(checkpoint_id))}
         assert (rows["kl_to_base"]["value"], rows["kl_to_base"]["ci_low"], rows["kl_to_base"]["ci_high"]) == (0, 0, 0)
-        assert rows["heldout_accuracy"]["value"] == 0.5 and rows["heldout_accuracy"]["details"]["mean_margin"] == 0
+        accuracy = rows["heldout_accuracy"]
+        assert accuracy["value"] == 0.5 and accuracy["details"]["mean_margin"] == 0
+        assert accuracy["details"]["per_token"]["value"] == 0.5  # the length-normalised reward: no change either
+        assert sum(e["n"] for e in accuracy["details"]["by_length"].values()) == accuracy["n"]
+        assert {e["value"] for e in accuracy["details"]["by_length"].values()} == {0.5}
+
+
+def test_length_drift_is_told_apart_from_the_labels_property():
+    """A policy that gained 1 nat on what the labels prefer and drifted 0.05 nats a token from the base: the summed
+    implicit reward ranks the longer chosen answers last, the per-token one ranks every pair right."""
+    chosen_tokens, rejected_tokens = [100, 100, 10, 30], [20, 40, 60, 30]
+    base_chosen, base_rejected = LogProbs([-50.0] * 4, chosen_tokens), LogProbs([-60.0] * 4, rejected_tokens)
+    chosen = LogProbs([b + 1.0 - 0.05 * n for b, n in zip(base_chosen.sums, chosen_tokens)], chosen_tokens)
+    rejected = LogProbs([b - 0.05 * n for b, n in zip(base_rejected.sums, rejected_tokens)], rejected_tokens)
+    summed = [ordering(m) for m in implicit_reward_margins(chosen, base_chosen, rejected, base_rejected)]
+    per_token = [ordering(m) for m in implicit_reward_margins(chosen, base_chosen, rejected, base_rejected, True)]
+    assert summed == [0.0, 0.0, 1.0, 1.0]  # chosen 80 and 60 tokens longer: the drift outweighs the 1 nat
+    assert per_token == [1.0, 1.0, 1.0, 1.0]
+    assert [ordering(m) for m in implicit_reward_margins(base_chosen, base_chosen, base_rejected, base_rejected,
+                                                         True)] == [0.5] * 4  # the base model ties every pair
 
 
 def test_fewer_heldout_prompts_than_asked_says_the_real_n(heldout_store):

@@ -260,17 +260,29 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scenario_adapter(store, s))
     pairs = store.heldout_preference_pairs()
     assert len(pairs) == len(s["heldout"]) + 3
-    correct = []
+    correct, per_token_margins, by_length = [], [], {}
     for h in pairs:
-        (pc, _), (pr, _) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
+        (pc, nc), (pr, nr) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
         with policy.disable_adapter():
             (bc, _), (br, _) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
         correct.append((pc - bc) - (pr - br) > 0)
+        per_token_margins.append((pc - bc) / nc - (pr - br) / nr)
+        side = "chosen_longer" if nc > nr else "chosen_shorter" if nc < nr else "same_length"
+        by_length.setdefault(side, []).append(correct[-1])
     accuracy = results[(s["dpo"], "heldout_accuracy")]
     assert 0 < sum(correct) < len(correct)  # the scenario's adapter gets some pairs right and some wrong
     assert accuracy["value"] == pytest.approx(sum(correct) / len(correct))
     assert accuracy["n"] == len(pairs)
     assert accuracy["details"]["beta"] == 0.2  # from the checkpoint's config
+    # The length checks: the length-normalised reward's accuracy, and the summed one split by the longer answer.
+    per_token = accuracy["details"]["per_token"]
+    assert per_token["mean_margin"] == pytest.approx(0.2 * sum(per_token_margins) / len(pairs), abs=1e-4)
+    assert per_token["mean_margin"] != pytest.approx(accuracy["details"]["mean_margin"], abs=1e-3)
+    correct_per_token = [m > 0 for m in per_token_margins]
+    assert (per_token["value"], per_token["n"]) == (pytest.approx(sum(correct_per_token) / len(pairs)), len(pairs))
+    assert {side: (e["value"], e["n"]) for side, e in accuracy["details"]["by_length"].items()} == {
+        side: (pytest.approx(sum(values) / len(values)), len(values)) for side, values in by_length.items()
+    }
 
     reward_model, reward_tokenizer = load_reward_model(store.get_checkpoint(s["reward"]))
 

@@ -113,6 +113,12 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert set(parts) == {"0", "1"}, parts
     assert sum(part["n"] for part in parts.values()) == overall["n"]
     assert sum(part["value"] * part["n"] for part in parts.values()) == pytest.approx(overall["value"] * overall["n"])
+    # ... and so do its parts by which answer is longer; the length-normalised figure counts the same pairs.
+    by_length = summary["per_round"][-1]["heldout_accuracy_by_length"]
+    assert set(by_length) <= {"chosen_longer", "chosen_shorter", "same_length"} and by_length
+    assert sum(part["value"] * part["n"] for part in by_length.values()) == pytest.approx(overall["value"] * overall["n"])
+    assert summary["per_round"][-1]["heldout_accuracy_per_token"]["n"] == overall["n"]
+    assert summary["per_round"][0]["heldout_accuracy_per_token"]["value"] == 0.5  # the base model ties every pair
     assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
     assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}

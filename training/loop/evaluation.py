@@ -13,7 +13,10 @@ Metrics stored per checkpoint (and the round it belongs to) in `eval_results`:
                         implicit reward log pi(y|x) - log base(y|x) is higher for the chosen response (DPO's reward up
                         to beta; base = the base model at the root of the lineage, so the figure is cumulative over
                         rounds). An exact tie counts 1/2: the base model itself scores exactly 0.5. Details break it
-                        down by the store round whose generation made the pair (`by_pair_round`).
+                        down by the store round whose generation made the pair (`by_pair_round`) and by which answer
+                        is longer (`by_length`), and give the same accuracy for the per-token mean log-ratio
+                        (`per_token`, the length-normalised reward): far from the base model, the sum also ranks by
+                        length, which these two show.
   win_rate_vs_previous  win rate over the model of the round the checkpoint was trained on (ties count 1/2): from
                         the final labels of held-out 'vs-previous' pairs when there are any, otherwise both models
                         sample k responses per held-out prompt and the newest reward model judges each pair.
@@ -260,6 +263,13 @@ class Evaluator:
         """Mean of every value, its interval from resampling prompts (the groups), n = values."""
         return bootstrap_by_group(groups, n_boot=self.config.bootstrap, seed=self.config.seed)
 
+    def by_group(self, keys: Sequence, values: Sequence[float]) -> dict[str, dict]:
+        """The mean of `values` for each key, with its interval, keys in order (as strings: JSON's keys)."""
+        groups: dict = {}
+        for key, value in zip(keys, values):
+            groups.setdefault(key, []).append(value)
+        return {str(key): asdict(self.estimate(group)) for key, group in sorted(groups.items())}
+
     def win_rate(self, new: Spec, old: Spec, outcome: Outcome) -> Estimate:
         """Win rate of `new` over `old`, sample j against sample j on every held-out prompt, by prompt."""
         groups = [
@@ -322,19 +332,24 @@ class Evaluator:
     def heldout_accuracy(self, checkpoint: dict, spec: Spec, base: Spec) -> dict:
         base_chosen, base_rejected = self.pair_logps(base)
         chosen, rejected = self.pair_logps(spec, base)
-        margins = [(pc - bc) - (pr - br) for pc, bc, pr, br in zip(chosen.sums, base_chosen.sums, rejected.sums,
-                                                                     base_rejected.sums)]
+        margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected)
         beta = float(checkpoint["config"].get("beta", self.config.beta))
-        outcomes = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
+        outcomes = [ordering(m) for m in margins]
+        # Length check: a policy far from the base scores every base-like token lower, so the summed log-ratio also
+        # ranks by length. The per-token figure and the split by which answer is longer tell a lead whether a flat
+        # accuracy is the labels' property or the answers' lengths.
+        per_token_margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected, per_token=True)
+        per_token = asdict(self.estimate([ordering(m) for m in per_token_margins]))
+        per_token["mean_margin"] = beta * sum(per_token_margins) / len(per_token_margins)
+        longer = ["chosen_longer" if c > r else "chosen_shorter" if c < r else "same_length"
+                  for c, r in zip(chosen.tokens, rejected.tokens)]
         # The pool mixes every round's held-out pairs, each sampled from that round's model: per generating round, a
         # lead can tell a model that orders the newest answers worse from one that forgets the oldest.
-        by_round: dict[int, list[float]] = {}
-        for pair, outcome in zip(self.pairs, outcomes):
-            by_round.setdefault(pair["round_id"], []).append(outcome)
-        by_pair_round = {str(round_id): asdict(self.estimate(values)) for round_id, values in sorted(by_round.items())}
+        pair_rounds = [pair["round_id"] for pair in self.pairs]
         return self.estimate(outcomes).row(
             "heldout_accuracy", beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
-            by_pair_round=by_pair_round,
+            by_pair_round=self.by_group(pair_rounds, outcomes), per_token=per_token,
+            by_length=self.by_group(longer, outcomes),
         )
 
     def kl_to_base(self, spec: Spec, base: Spec) -> dict:
@@ -378,6 +393,23 @@ class Evaluator:
 
 
 # --- what to evaluate, and storing the results ----------------------------------------------------------------
+
+
+def implicit_reward_margins(
+    chosen: LogProbs, base_chosen: LogProbs, rejected: LogProbs, base_rejected: LogProbs, per_token: bool = False
+) -> list[float]:
+    """Per pair, the chosen answer's implicit reward minus the rejected one's (DPO's reward divided by beta): log pi -
+    log base summed over each answer's tokens, or with `per_token` averaged over them (the length-normalised
+    reward)."""
+    def ratios(policy: LogProbs, base: LogProbs) -> list[float]:
+        return [(p - b) / (n if per_token else 1) for p, b, n in zip(policy.sums, base.sums, policy.tokens)]
+
+    return [c - r for c, r in zip(ratios(chosen, base_chosen), ratios(rejected, base_rejected))]
+
+
+def ordering(margin: float) -> float:
+    """1 when the chosen answer's reward is higher, 0 when lower, 1/2 for an exact tie (the base model's)."""
+    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
 
 
 def select_checkpoints(store: Store, checkpoint_id: int | None, every: bool) -> list[dict]:

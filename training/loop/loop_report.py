@@ -72,10 +72,12 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
     starts = {r: state.get(f"round-{r}/start") for r in range(config.rounds)}
     loop_round = {start["round"]: r for r, start in starts.items() if start}
 
+    def details(result) -> dict:
+        return (result or {}).get("details", {})
+
     def accuracy_by_pair_round(result):
-        by_round = (result or {}).get("details", {}).get("by_pair_round", {})
         return {str(loop_round.get(int(store_round), f"store {store_round}")): interval(estimate)
-                for store_round, estimate in by_round.items()}
+                for store_round, estimate in details(result).get("by_pair_round", {}).items()}
 
     last = rows[-1]
     return {
@@ -91,7 +93,10 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
         "per_round": [
             {"round": row["round"], "checkpoint": row["checkpoint"]}
             | {metric: interval(row[metric]) for metric, _ in TABLE_METRICS}
-            | {"heldout_accuracy_by_pair_round": accuracy_by_pair_round(row["heldout_accuracy"])}
+            | {"heldout_accuracy_by_pair_round": accuracy_by_pair_round(row["heldout_accuracy"]),
+               "heldout_accuracy_per_token": interval(details(row["heldout_accuracy"]).get("per_token")),
+               "heldout_accuracy_by_length": {side: interval(estimate) for side, estimate
+                                              in details(row["heldout_accuracy"]).get("by_length", {}).items()}}
             for row in rows
         ],
         "training": {
