@@ -503,9 +503,11 @@ def test_reward_model_picks_its_highest_against_its_lowest(store, stopping_model
     assert expected and {i: {p["a_text"], p["b_text"]} for i, p in pairs.items()} == expected
 
 
-def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, adapter_dir):
+@pytest.mark.parametrize("implicit_reward", ["sum", "mean"])
+def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, adapter_dir, implicit_reward):
     """A round whose checkpoint DPO trained ranks its samples by log pi - log pi_ref against its parent (the base
-    here) and stores the extremes: recomputed by drawing the same batch again and scoring it in float64."""
+    here), summed over the tokens or per token, and stores the extremes: recomputed by drawing the same batch again
+    and scoring it in float64."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -519,25 +521,29 @@ def test_a_dpo_round_picks_by_its_implicit_reward(store, stopping_model_dir, ada
     store.new_round(base)
     tuned = store.register_checkpoint("dpo", str(stopping_model_dir), str(adapter_dir), round_id=0, parent_id=base)
     round_id, _ = start_round(store, tuned)
-    settings = config(num_prompts=6, samples_per_prompt=4, batch_size=24, engine="hf")
-    batch = store.prompts_for_generation(round_id, "samples", "train", 6)
+    settings = config(num_prompts=12, samples_per_prompt=6, batch_size=72, engine="hf", implicit_reward=implicit_reward)
+    batch = store.prompts_for_generation(round_id, "samples", "train", 12)
     summary = generate(store, settings, progress=False)
     assert summary.selection == "implicit-extremes" and summary.pairs > 0
 
     model, tokenizer = load_for_generation(store.get_checkpoint(tuned), unsloth=False)
     seed = store.generated_pairs(round_id)[0]["a_sampling"]["seed"]
-    again = sample(model, tokenizer, [p["messages"] for p in batch], 4, settings.decoding, seed)
+    again = sample(model, tokenizer, [p["messages"] for p in batch], 6, settings.decoding, seed)
     reference = AutoModelForCausalLM.from_pretrained(stopping_model_dir, dtype=torch.float64)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(stopping_model_dir, dtype=torch.float64),
                                        adapter_dir)
-    expected = {}
+    expected = {"sum": {}, "mean": {}}
     for prompt, samples in zip(batch, again):
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         own, ref = (completion_logprobs(m, sequences, tokenizer.pad_token_id) for m in (policy, reference))
-        pick = select_pair(samples, "implicit-extremes", [o - r for o, r in zip(own.sums, ref.sums)])
-        if pick is not None:
-            expected[prompt["id"]] = {samples[pick[0]].text, samples[pick[1]].text}
+        scores = {"sum": [o - r for o, r in zip(own.sums, ref.sums)],
+                  "mean": [o - r for o, r in zip(own.means, ref.means)]}
+        for rule, rule_scores in scores.items():
+            pick = select_pair(samples, "implicit-extremes", rule_scores)
+            if pick is not None:
+                expected[rule][prompt["id"]] = {samples[pick[0]].text, samples[pick[1]].text}
     pairs = {p["prompt_id"]: {p["a_text"], p["b_text"]} for p in store.generated_pairs(round_id)}
-    assert expected and pairs == expected
+    assert expected[implicit_reward] and pairs == expected[implicit_reward]
+    assert expected["sum"] != expected["mean"]  # the batch tells the two rules apart
     # Held-out pairs measure this checkpoint: auto leaves them to most-different, not to its own scores.
     assert generate(store, config(split="heldout", num_prompts=4), progress=False).selection == "most-different"

@@ -49,6 +49,11 @@ class GenerateConfig:
         "implicit reward extremes, else most-different; held-out pairs: most-different, so no model picks the pairs "
         "it is measured on)"
     )
+    implicit_reward: str = opt(
+        "sum", "implicit-extremes ranks samples by log pi - log pi_ref summed over the tokens (sum: DPO's reward) or "
+        "averaged over them (mean: per token, so the extremes are the answers the last round moved most, not the "
+        "longest ones)"
+    )
     temperature: float = opt(1.0, "sampling temperature (above 0: greedy decoding would give identical samples)")
     top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches top_p")
     max_new_tokens: int = opt(256, "token limit per response; a response cut there is marked finish_reason 'length'")
@@ -68,6 +73,7 @@ class GenerateConfig:
             ("num_prompts", self.num_prompts >= 1, "at least 1"),
             ("samples_per_prompt", self.samples_per_prompt >= 2, "at least 2 (a pair needs two responses)"),
             ("pair_selection", self.pair_selection in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
+            ("implicit_reward", self.implicit_reward in ("sum", "mean"), "sum or mean"),
             ("temperature", self.temperature > 0, "above 0"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
@@ -197,7 +203,7 @@ def pair_scorer(store: Store, config: GenerateConfig, policy: dict):
     if selection in REWARD_SELECTIONS:
         return selection, reward_scorer(reward)
     if selection == "implicit-extremes":
-        return selection, implicit_reward_scorer(store, policy)
+        return selection, implicit_reward_scorer(store, policy, per_token=config.implicit_reward == "mean")
     return selection, None
 
 
@@ -246,9 +252,10 @@ def reward_scorer(reward: dict):
     return score
 
 
-def implicit_reward_scorer(store: Store, policy: dict):
+def implicit_reward_scorer(store: Store, policy: dict, per_token: bool = False):
     """score(conversations, samples per conversation) -> log pi(y|x) - log pi_ref(y|x) of the drawn tokens, pi the
-    DPO checkpoint and pi_ref the reference it was trained against (its parent, or the base model), in float32."""
+    DPO checkpoint and pi_ref the reference it was trained against (its parent, or the base model), in float32;
+    with `per_token`, divided by the response's tokens."""
     from training.engine.logprobs import completion_logprobs
     from training.models import load_for_scoring
 
@@ -260,7 +267,7 @@ def implicit_reward_scorer(store: Store, policy: dict):
     def score(conversations: list[list[dict]], samples: list[list[Sample]]) -> list[list[float]]:
         sequences = [(s.prompt_ids, s.completion_ids) for row in samples for s in row]
         own, under_reference = (completion_logprobs(m, sequences, t.pad_token_id, 16) for m, t in scorers)
-        margins = iter(o - r for o, r in zip(own.sums, under_reference.sums))
+        margins = iter((o - r) / (n if per_token else 1) for o, r, n in zip(own.sums, under_reference.sums, own.tokens))
         return [[next(margins) for _ in row] for row in samples]
 
     return score
