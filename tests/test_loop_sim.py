@@ -245,3 +245,34 @@ def test_a_sweep_variant_differs_from_the_loop_defaults_by_what_it_says(tmp_path
         assert (config.judge, config.noise) == ("training.loop.judges:contains_word", 0.2)
         assert config.pairs_per_round == defaults.pairs_per_round
         assert config.dpo_steps == variant_spec.get("loop", {}).get("dpo_steps", defaults.dpo_steps)
+
+
+def test_every_sweep_variant_builds_valid_configs(tmp_path):
+    """A variant of bench/loop_variants.yaml that names an unknown field or a bad value fails here, on the CPU, not
+    after the carry on the GPU: its DPO and generation files and its loop fields build and validate as loop-sim's."""
+    import importlib.util
+
+    import yaml
+
+    from training.algorithms.dpo import DPOTrainConfig
+    from training.config import build
+    from training.loop.generation import GenerateConfig
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("loop_sweep", root / "bench" / "loop_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    variants = yaml.safe_load(sweep.VARIANTS.read_text())
+    assert {"default", "select-per-token"} <= set(variants)
+    for variant, variant_spec in variants.items():
+        variant_spec = variant_spec or {}
+        configs = sweep.write_configs(variant, variant_spec, tmp_path, throughput=True)
+        for cls, path in ((DPOTrainConfig, configs["dpo"]), (GenerateConfig, configs["generate"])):
+            built = build(cls, path)
+            built.validate()
+            section = "dpo" if cls is DPOTrainConfig else "generate"
+            for key, value in variant_spec.get(section, {}).items():
+                assert getattr(built, key) == value, (variant, key)
+        loop = build(LoopConfig, None, variant_spec.get("loop", {}))
+        for key, value in variant_spec.get("loop", {}).items():
+            assert getattr(loop, key) == value, (variant, key)
