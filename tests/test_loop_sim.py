@@ -212,18 +212,25 @@ def test_noise_flips_choices(store, tmp_path):
     assert choices == {"b"}
 
 
+def load_loop_sweep():
+    """bench/loop_sweep.py as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "loop_sweep.py"
+    spec = importlib.util.spec_from_file_location("loop_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
 def test_a_sweep_variant_differs_from_the_loop_defaults_by_what_it_says(tmp_path, monkeypatch):
     """bench/loop_sweep.py starts each loop-sim with the variant's loop fields and no loop field of its own: a sweep
     option that set, say, the pairs per round would make every variant measure something the defaults are not."""
     import argparse
-    import importlib.util
 
     from training.config import add_arguments, from_args
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("loop_sweep", root / "bench" / "loop_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_loop_sweep()
     commands = []
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda command, **_: commands.append(command))
     args = argparse.Namespace(rounds=3, eval_config=None, threads=1)
@@ -250,18 +257,13 @@ def test_a_sweep_variant_differs_from_the_loop_defaults_by_what_it_says(tmp_path
 def test_every_sweep_variant_builds_valid_configs(tmp_path):
     """A variant of bench/loop_variants.yaml that names an unknown field or a bad value fails here, on the CPU, not
     after the carry on the GPU: its DPO and generation files and its loop fields build and validate as loop-sim's."""
-    import importlib.util
-
     import yaml
 
     from training.algorithms.dpo import DPOTrainConfig
     from training.config import build
     from training.loop.generation import GenerateConfig
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("loop_sweep", root / "bench" / "loop_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_loop_sweep()
     variants = yaml.safe_load(sweep.VARIANTS.read_text())
     assert {"default", "select-per-token"} <= set(variants)
     for variant, variant_spec in variants.items():
