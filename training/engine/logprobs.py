@@ -28,6 +28,11 @@ class LogProbs:
     def means(self) -> list[float]:
         return [s / n for s, n in zip(self.sums, self.tokens)]
 
+    def log_ratios(self, reference: LogProbs, per_token: bool = False) -> list[float]:
+        """log p(y|x) - log p_ref(y|x) of each completion, both scored on the same tokens: summed (DPO's implicit
+        reward over beta; a KL sample), or with `per_token` divided by the completion's tokens."""
+        return [(s - r) / (n if per_token else 1) for s, r, n in zip(self.sums, reference.sums, self.tokens)]
+
 
 def prompt_ids(tokenizer, messages: Messages) -> list[int]:
     """Token ids of the prompt up to and including the assistant's generation prompt."""

@@ -355,7 +355,7 @@ class Evaluator:
     def kl_to_base(self, spec: Spec, base: Spec) -> dict:
         under_base = self.sample_logps(spec, base)
         own = self.sample_logps(spec, spec, base)
-        per_response = iter(p - b for p, b in zip(own.sums, under_base.sums))
+        per_response = iter(own.log_ratios(under_base))
         groups = [[next(per_response) for _ in row] for row in self.samples(spec, "kl")]
         total = sum(sum(g) for g in groups)
         return self.by_prompt(groups).row(
@@ -401,10 +401,8 @@ def implicit_reward_margins(
     """Per pair, the chosen answer's implicit reward minus the rejected one's (DPO's reward divided by beta): log pi -
     log base summed over each answer's tokens, or with `per_token` averaged over them (the length-normalised
     reward)."""
-    def ratios(policy: LogProbs, base: LogProbs) -> list[float]:
-        return [(p - b) / (n if per_token else 1) for p, b, n in zip(policy.sums, base.sums, policy.tokens)]
-
-    return [c - r for c, r in zip(ratios(chosen, base_chosen), ratios(rejected, base_rejected))]
+    chosen_rewards = chosen.log_ratios(base_chosen, per_token)
+    return [c - r for c, r in zip(chosen_rewards, rejected.log_ratios(base_rejected, per_token))]
 
 
 def ordering(margin: float) -> float:

@@ -267,7 +267,7 @@ def implicit_reward_scorer(store: Store, policy: dict, per_token: bool = False):
     def score(conversations: list[list[dict]], samples: list[list[Sample]]) -> list[list[float]]:
         sequences = [(s.prompt_ids, s.completion_ids) for row in samples for s in row]
         own, under_reference = (completion_logprobs(m, sequences, t.pad_token_id, 16) for m, t in scorers)
-        margins = iter((o - r) / (n if per_token else 1) for o, r, n in zip(own.sums, under_reference.sums, own.tokens))
+        margins = iter(own.log_ratios(under_reference, per_token))
         return [[next(margins) for _ in row] for row in samples]
 
     return score
