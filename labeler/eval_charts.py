@@ -25,6 +25,7 @@ METRIC_LABELS = {
     "judge_win_rate_vs_previous": "win rate vs previous round (simulated judge)",
     "win_rate_vs_previous": "win rate vs previous round",
     "heldout_accuracy": "held-out preference accuracy (implicit reward vs base)",
+    "heldout_accuracy_per_token": "held-out preference accuracy per token (length-normalised implicit reward)",
     "reward_accuracy": "reward-model accuracy",
     "kl_to_base": "KL to base (nats per response)",
     "response_length": "mean response length (tokens)",
@@ -73,8 +74,8 @@ def model_quality(store: Store) -> None:
         return
     st.markdown(last_round_verdict(frame))
     charts = [
-        (["heldout_accuracy", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"], "Held-out accuracy and win rate",
-         0.5),
+        (["heldout_accuracy", "heldout_accuracy_per_token", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"],
+         "Held-out accuracy and win rate", 0.5),
         (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5),
         (["kl_to_base"], "KL to the base model", None),
         (["response_length"], "Mean response length (length hacking shows here)", None),

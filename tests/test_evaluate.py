@@ -238,9 +238,11 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     for (checkpoint_id, metric), row in results.items():
         by_round.setdefault(row["round_id"], set()).add((checkpoint_id, metric))
     assert by_round == {
-        0: {(s["base"], m) for m in ("heldout_accuracy", "response_length", "heldout_reward", "kl_to_base")},
+        0: {(s["base"], m) for m in ("heldout_accuracy", "heldout_accuracy_per_token", "response_length",
+                                     "heldout_reward", "kl_to_base")},
         1: {
             (s["dpo"], "heldout_accuracy"),
+            (s["dpo"], "heldout_accuracy_per_token"),
             (s["dpo"], "response_length"),
             (s["dpo"], "heldout_reward"),
             (s["dpo"], "kl_to_base"),
@@ -253,6 +255,7 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     # The base model against itself: no change, and none shows.
     assert (results[(s["base"], "kl_to_base")]["value"], results[(s["base"], "kl_to_base")]["ci_high"]) == (0.0, 0.0)
     assert results[(s["base"], "heldout_accuracy")]["value"] == 0.5
+    assert results[(s["base"], "heldout_accuracy_per_token")]["value"] == 0.5
 
     # Held-out accuracy recomputed one pair at a time with unpadded, unmerged models: the implicit reward against the
     # base model, an exact tie counting 1/2.
@@ -260,7 +263,7 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scenario_adapter(store, s))
     pairs = store.heldout_preference_pairs()
     assert len(pairs) == len(s["heldout"]) + 3
-    correct, per_token_margins, by_length = [], [], {}
+    correct, per_token_margins, by_length, by_length_per_token = [], [], {}, {}
     for h in pairs:
         (pc, nc), (pr, nr) = (manual_logps(policy, tokenizer, h["messages"], h[k]) for k in ("chosen", "rejected"))
         with policy.disable_adapter():
@@ -269,20 +272,22 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
         per_token_margins.append((pc - bc) / nc - (pr - br) / nr)
         side = "chosen_longer" if nc > nr else "chosen_shorter" if nc < nr else "same_length"
         by_length.setdefault(side, []).append(correct[-1])
+        by_length_per_token.setdefault(side, []).append(per_token_margins[-1] > 0)
     accuracy = results[(s["dpo"], "heldout_accuracy")]
     assert 0 < sum(correct) < len(correct)  # the scenario's adapter gets some pairs right and some wrong
     assert accuracy["value"] == pytest.approx(sum(correct) / len(correct))
     assert accuracy["n"] == len(pairs)
     assert accuracy["details"]["beta"] == 0.2  # from the checkpoint's config
-    # The length checks: the length-normalised reward's accuracy, and the summed one split by the longer answer.
-    per_token = accuracy["details"]["per_token"]
-    assert per_token["mean_margin"] == pytest.approx(0.2 * sum(per_token_margins) / len(pairs), abs=1e-4)
-    assert per_token["mean_margin"] != pytest.approx(accuracy["details"]["mean_margin"], abs=1e-3)
+    # The length checks: the length-normalised reward's accuracy, and each split by the longer answer.
+    per_token = results[(s["dpo"], "heldout_accuracy_per_token")]
+    assert per_token["details"]["mean_margin"] == pytest.approx(0.2 * sum(per_token_margins) / len(pairs), abs=1e-4)
+    assert per_token["details"]["mean_margin"] != pytest.approx(accuracy["details"]["mean_margin"], abs=1e-3)
     correct_per_token = [m > 0 for m in per_token_margins]
     assert (per_token["value"], per_token["n"]) == (pytest.approx(sum(correct_per_token) / len(pairs)), len(pairs))
-    assert {side: (e["value"], e["n"]) for side, e in accuracy["details"]["by_length"].items()} == {
-        side: (pytest.approx(sum(values) / len(values)), len(values)) for side, values in by_length.items()
-    }
+    for row, split in ((accuracy, by_length), (per_token, by_length_per_token)):
+        assert {side: (e["value"], e["n"]) for side, e in row["details"]["by_length"].items()} == {
+            side: (pytest.approx(sum(values) / len(values)), len(values)) for side, values in split.items()
+        }
 
     reward_model, reward_tokenizer = load_reward_model(store.get_checkpoint(s["reward"]))
 
@@ -429,7 +434,8 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     # Every chart carries its data: the accuracy chart has both rounds' points with their intervals.
     accuracy = chart_rows(elements[0], "metric")
     assert sorted({(row["round"], row["metric"]) for row in accuracy}) == [
-        (0, "heldout_accuracy"), (1, "heldout_accuracy"), (1, "win_rate_vs_previous")
+        (0, "heldout_accuracy"), (0, "heldout_accuracy_per_token"), (1, "heldout_accuracy"),
+        (1, "heldout_accuracy_per_token"), (1, "win_rate_vs_previous")
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
     assert sorted(row["round"] for row in chart_rows(elements[2], "metric")) == [0, 1]  # base and DPO samples

@@ -117,7 +117,12 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     by_length = summary["per_round"][-1]["heldout_accuracy_by_length"]
     assert set(by_length) <= {"chosen_longer", "chosen_shorter", "same_length"} and by_length
     assert sum(part["value"] * part["n"] for part in by_length.values()) == pytest.approx(overall["value"] * overall["n"])
-    assert summary["per_round"][-1]["heldout_accuracy_per_token"]["n"] == overall["n"]
+    per_token = summary["per_round"][-1]["heldout_accuracy_per_token"]
+    assert per_token["n"] == overall["n"]
+    per_token_by_length = summary["per_round"][-1]["heldout_accuracy_per_token_by_length"]
+    assert sum(part["value"] * part["n"] for part in per_token_by_length.values()) == pytest.approx(
+        per_token["value"] * per_token["n"])
+    assert "held-out accuracy per token" in report
     assert summary["per_round"][0]["heldout_accuracy_per_token"]["value"] == 0.5  # the base model ties every pair
     assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())

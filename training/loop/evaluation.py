@@ -14,9 +14,11 @@ Metrics stored per checkpoint (and the round it belongs to) in `eval_results`:
                         to beta; base = the base model at the root of the lineage, so the figure is cumulative over
                         rounds). An exact tie counts 1/2: the base model itself scores exactly 0.5. Details break it
                         down by the store round whose generation made the pair (`by_pair_round`) and by which answer
-                        is longer (`by_length`), and give the same accuracy for the per-token mean log-ratio
-                        (`per_token`, the length-normalised reward): far from the base model, the sum also ranks by
-                        length, which these two show.
+                        is longer (`by_length`).
+  heldout_accuracy_per_token  the same for the per-token mean log-ratio (the length-normalised reward). Far from the
+                        base model every token's log-ratio drifts, so the sum also ranks by length: a judge whose
+                        preferred answers are the longer ones sees the summed accuracy fall while this one rises
+                        (docs/loop.md). The two side by side, with `by_length`, say which it is.
   win_rate_vs_previous  win rate over the model of the round the checkpoint was trained on (ties count 1/2): from
                         the final labels of held-out 'vs-previous' pairs when there are any, otherwise both models
                         sample k responses per held-out prompt and the newest reward model judges each pair.
@@ -299,7 +301,7 @@ class Evaluator:
         spec, base = spec_of(checkpoint), self.base_spec(checkpoint)
         rows = []
         if self.pairs:
-            rows.append(self.heldout_accuracy(checkpoint, spec, base))
+            rows.extend(self.heldout_accuracy(checkpoint, spec, base))
         if self.prompts:
             samples = self.samples(spec)
             per_prompt = [[float(s.tokens) for s in row] for row in samples]
@@ -329,28 +331,28 @@ class Evaluator:
             rows.append(win)
         return rows
 
-    def heldout_accuracy(self, checkpoint: dict, spec: Spec, base: Spec) -> dict:
+    def heldout_accuracy(self, checkpoint: dict, spec: Spec, base: Spec) -> list[dict]:
+        """Two rows: the accuracy of DPO's implicit reward (summed log-ratio) and of its per-token mean."""
         base_chosen, base_rejected = self.pair_logps(base)
         chosen, rejected = self.pair_logps(spec, base)
-        margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected)
         beta = float(checkpoint["config"].get("beta", self.config.beta))
-        outcomes = [ordering(m) for m in margins]
-        # Length check: a policy far from the base scores every base-like token lower, so the summed log-ratio also
-        # ranks by length. The per-token figure and the split by which answer is longer tell a lead whether a flat
-        # accuracy is the labels' property or the answers' lengths.
-        per_token_margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected, per_token=True)
-        per_token = asdict(self.estimate([ordering(m) for m in per_token_margins]))
-        per_token["mean_margin"] = beta * sum(per_token_margins) / len(per_token_margins)
+        # Length check: a policy far from the base scores every base-like token higher or lower, so the summed
+        # log-ratio also ranks by length. The per-token figure and the split by which answer is longer tell a lead
+        # whether a flat accuracy is the labels' property or the answers' lengths.
         longer = ["chosen_longer" if c > r else "chosen_shorter" if c < r else "same_length"
                   for c, r in zip(chosen.tokens, rejected.tokens)]
         # The pool mixes every round's held-out pairs, each sampled from that round's model: per generating round, a
         # lead can tell a model that orders the newest answers worse from one that forgets the oldest.
         pair_rounds = [pair["round_id"] for pair in self.pairs]
-        return self.estimate(outcomes).row(
-            "heldout_accuracy", beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
-            by_pair_round=self.by_group(pair_rounds, outcomes), per_token=per_token,
-            by_length=self.by_group(longer, outcomes),
-        )
+        rows = []
+        for metric, per_token in (("heldout_accuracy", False), ("heldout_accuracy_per_token", True)):
+            margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected, per_token)
+            outcomes = [ordering(m) for m in margins]
+            rows.append(self.estimate(outcomes).row(
+                metric, beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
+                by_pair_round=self.by_group(pair_rounds, outcomes), by_length=self.by_group(longer, outcomes),
+            ))
+        return rows
 
     def kl_to_base(self, spec: Spec, base: Spec) -> dict:
         under_base = self.sample_logps(spec, base)

@@ -16,6 +16,7 @@ TABLE_METRICS = [
     ("judge_win_rate_vs_round0", "win rate vs round 0 (judge)"),
     ("judge_win_rate_vs_previous", "win rate vs previous round (judge)"),
     ("heldout_accuracy", "held-out preference accuracy"),
+    ("heldout_accuracy_per_token", "held-out accuracy per token"),
     ("kl_to_base", "KL to base (nats/response)"),
     ("response_length", "length (tokens)"),
 ]
@@ -79,6 +80,9 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
         return {str(loop_round.get(int(store_round), f"store {store_round}")): interval(estimate)
                 for store_round, estimate in details(result).get("by_pair_round", {}).items()}
 
+    def accuracy_by_length(result):
+        return {side: interval(estimate) for side, estimate in details(result).get("by_length", {}).items()}
+
     last = rows[-1]
     return {
         "name": config.name,
@@ -94,9 +98,8 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
             {"round": row["round"], "checkpoint": row["checkpoint"]}
             | {metric: interval(row[metric]) for metric, _ in TABLE_METRICS}
             | {"heldout_accuracy_by_pair_round": accuracy_by_pair_round(row["heldout_accuracy"]),
-               "heldout_accuracy_per_token": interval(details(row["heldout_accuracy"]).get("per_token")),
-               "heldout_accuracy_by_length": {side: interval(estimate) for side, estimate
-                                              in details(row["heldout_accuracy"]).get("by_length", {}).items()}}
+               "heldout_accuracy_by_length": accuracy_by_length(row["heldout_accuracy"]),
+               "heldout_accuracy_per_token_by_length": accuracy_by_length(row["heldout_accuracy_per_token"])}
             for row in rows
         ],
         "training": {
@@ -137,7 +140,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = [
-        (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous", "heldout_accuracy"), "share", axes[0]),
+        (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous", "heldout_accuracy", "heldout_accuracy_per_token"),
+         "share", axes[0]),
         (("kl_to_base",), "nats per response", axes[1]),
         (("response_length",), "tokens", axes[2]),
     ]
