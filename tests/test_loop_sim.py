@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from training.cli import main
 from training.config import build
 from training.loop.judges import contains_word, label_with_judge, load_judge, shorter
+from training.loop.loop_report import TABLE_METRICS, rows_from_summary
 from training.loop.loop_sim import LoopConfig, run_loop
 
 SEEDS = Path(__file__).resolve().parents[1] / "store" / "seeds" / "prompts.jsonl"
@@ -123,6 +125,12 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert sum(part["value"] * part["n"] for part in per_token_by_length.values()) == pytest.approx(
         per_token["value"] * per_token["n"])
     assert "held-out accuracy per token" in report
+    # The summary holds what its plot was drawn from: `prefloop loop-plot` redraws it from the JSON alone.
+    fields = ("value", "ci_low", "ci_high", "n")
+    assert [{m: r[m] and tuple(r[m][f] for f in fields) for m, _ in TABLE_METRICS} for r in rows_from_summary(summary)] \
+        == [{m: r[m] and tuple(r[m][f] for f in fields) for m, _ in TABLE_METRICS} for r in rows]
+    assert main(["loop-plot", str(tmp_path / "reports" / "cpu-loop.json"), "--out", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").stat().st_size > 0
     assert summary["per_round"][0]["heldout_accuracy_per_token"]["value"] == 0.5  # the base model ties every pair
     assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())

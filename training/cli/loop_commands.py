@@ -1,9 +1,10 @@
-"""The loop's commands: round, generate, export, eval, label-sim, loop-sim. Each parses its config (defaults < --config
+"""The loop's commands: round, generate, export, eval, label-sim, loop-sim, loop-plot. Each parses its config (defaults < --config
 YAML < options), calls the stage's library function in `training.loop` and prints what it did."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from store import Store
 from training.cli.console import store_of, text_table
@@ -13,6 +14,7 @@ from training.loop.evaluation import EvalConfig, evaluate, select_checkpoints
 from training.loop.export import ExportConfig
 from training.loop.generation import GenerateConfig, generate
 from training.loop.judges import label_with_judge, load_judge
+from training.loop.loop_report import plot_summary
 from training.loop.loop_sim import LoopConfig, run_loop
 from training.loop.rounds import start_round
 from training.metrics import format_estimate, label_quality, result_rows
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_eval_commands(subparsers)
     add_label_sim_commands(subparsers)
     add_loop_sim_commands(subparsers)
+    add_loop_plot_commands(subparsers)
 
 
 # --- round ------------------------------------------------------------------------------------------------------------
@@ -223,4 +226,17 @@ def add_loop_sim_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_loop_sim(args: argparse.Namespace) -> int:
     run_loop(store_of(args), from_args(LoopConfig, args))
+    return 0
+
+
+def add_loop_plot_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("loop-plot", help="redraw the plot of a loop-sim JSON summary (docs/results/loop-*.json)")
+    p.add_argument("summary", type=Path, help="loop-sim's <name>.json, or a loop sweep's JSON with --loop")
+    p.add_argument("--loop", help="which loop of a sweep's JSON (its name, e.g. p256--structured)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: next to the summary)")
+    p.set_defaults(run=cmd_loop_plot)
+
+
+def cmd_loop_plot(args: argparse.Namespace) -> int:
+    print(plot_summary(args.summary, args.out, args.loop))
     return 0

@@ -1,6 +1,9 @@
 """loop-sim's report: one row per round of the stored evaluation results, as a Markdown table, a plot and a JSON
 summary (data/reports/<name>.md, .png, .json).
 
+    prefloop loop-plot docs/results/loop-shorter.json            # redraw a summary's plot (next to it, .png)
+    prefloop loop-plot docs/results/loop-sweep-p256.json --loop p256--structured --out docs/loop-p256-structured.png
+
 The JSON holds what docs/results/loop-<judge>.json records: judge, noise, rounds, the last round's win rate over
 round 0 as {value, low, high, n}, every round's figures, the DPO runs' training metrics and each stage's wall time.
 """
@@ -130,6 +133,30 @@ def write_report(config, state, rows: list[dict], report_dir: Path, log=print, s
         json.dumps(summary(config, state, rows, stopped), indent=2, default=str)
     )
     plot(rows, report_dir / f"{config.name}.png", f"{config.name}: judge {config.judge}, noise {config.noise}")
+
+
+def rows_from_summary(summary: dict) -> list[dict]:
+    """The report rows a JSON summary was written from (its table metrics, as stored results), to redraw its plot."""
+    def result(interval):
+        if interval is None:
+            return None
+        return {"value": interval["value"], "ci_low": interval["low"], "ci_high": interval["high"], "n": interval["n"]}
+
+    return [{"round": r["round"], "checkpoint": r["checkpoint"]}
+            | {metric: result(r.get(metric)) for metric, _ in TABLE_METRICS} for r in summary["per_round"]]
+
+
+def plot_summary(path: Path, out: Path | None = None, loop: str | None = None) -> Path:
+    """Redraw the plot of a loop-sim JSON summary, or of the loop named `loop` in a sweep's JSON (bench/loop_sweep.py
+    writes one summary per loop name)."""
+    data = json.loads(path.read_text())
+    if "per_round" not in data:
+        if loop not in data:
+            raise SystemExit(f"{path}: a sweep's summaries; name one with --loop ({', '.join(sorted(data))})")
+        data = data[loop]
+    out = out or path.with_name(f"{loop or path.stem}.png")
+    plot(rows_from_summary(data), out, f"{data['name']}: judge {data['judge']}, noise {data['noise']}")
+    return out
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
