@@ -21,6 +21,7 @@
 #   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once;
 #             DEADLINE (s) counts from the loops' start: leave ~60 s of the call's 600 for unpacking, the model's
 #             conversion and the copies (545 in a first call ran past the limit; the same command resumes)
+#   loop-pairs LOOPS [DEADLINE]   the same for chosen variant:judge pairs only (p256:shorter,p256-seed2:contains_word)
 #   loop-smoke  one short loop-sim round on the GPU: every stage's code path (static decoder, DPO, eval), timed
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,13 +81,16 @@ case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | lo
       --heldout-pairs 32 --eval-config /root/work/smoke-eval.yaml --report-dir /root/work/smoke-reports
     cp /root/work/smoke-reports/smoke.json "$out/"
     ;;
-  loop-sweep)
-    timed sweep python3 bench/loop_sweep.py --variants "${2:?variants}" --judges "${3:-shorter}" --throughput \
-      --work /root/work/sweep --out /root/work/sweep-out --deadline "${4:-540}" || true
+  loop-sweep|loop-pairs)
+    if [ "$1" = loop-pairs ]; then which=(--loops "${2:?variant:judge pairs}"); deadline=${3:-540}
+    else which=(--variants "${2:?variants}" --judges "${3:-shorter}"); deadline=${4:-540}; fi
+    timed sweep python3 bench/loop_sweep.py "${which[@]}" --throughput \
+      --work /root/work/sweep --out /root/work/sweep-out --deadline "$deadline" || true
     cp /root/work/sweep-out/sweep.md "$out/sweep-$(date +%H%M%S).md"
     cp /root/work/sweep-out/sweep.json "$out/sweep-$(date +%H%M%S).json"
-    (cd /root/work/sweep && find . -path '*/reports/*' \( -name '*.md' -o -name '*.png' -o -name '*.json' \) \
-      | tar czf "$out/sweep-reports-$(date +%H%M%S).tgz" -T -)
+    # Each loop's report and its log (the stages' own timings: model loads, reference pass, trainer setup).
+    (cd /root/work/sweep && find . \( -path '*/reports/*' \( -name '*.md' -o -name '*.png' -o -name '*.json' \) \) \
+      -o -name loop.log | tar czf "$out/sweep-reports-$(date +%H%M%S).tgz" -T -)
     ;;
   loop)
     $cli model

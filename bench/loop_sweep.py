@@ -1,6 +1,7 @@
 """Sweep the loop's DPO recipe: one `prefloop loop-sim` per (variant, judge), several at once on one GPU.
 
     python bench/loop_sweep.py --variants default,steps64 --judges shorter,structured --out sweep-out
+    python bench/loop_sweep.py --loops p256:shorter,p256:shorter@0.2,p256-seed2:contains_word   # chosen pairs only
     python bench/loop_sweep.py --list                       # the variants in bench/loop_variants.yaml
     bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
 
@@ -100,6 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="", help="comma-separated names from bench/loop_variants.yaml")
     parser.add_argument("--judges", default="shorter", help="comma-separated judge functions, name@noise for noise")
+    parser.add_argument("--loops", default="", help="variant:judge pairs instead of every variant with every judge")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-config", type=Path, help="EvalConfig YAML for every loop (default: its defaults)")
     parser.add_argument("--work", type=Path, default=Path("sweep-work"))
@@ -113,8 +115,14 @@ def main() -> int:
         for name, spec in variants.items():  # resolved: the file shares sections between variants by YAML anchors
             print(f"{name}: {json.dumps(spec)}")
         return 0
-    unknown = [v for v in args.variants.split(",") if v not in variants]
-    if unknown or not args.variants:
+    if args.loops:
+        pairs = [tuple(item.split(":", 1)) for item in args.loops.split(",")]
+        if any(len(pair) != 2 for pair in pairs):
+            parser.error(f"--loops takes variant:judge pairs, not {args.loops!r}")
+    else:
+        pairs = [(v, j) for v in args.variants.split(",") if v for j in args.judges.split(",")]
+    unknown = sorted({v for v, _ in pairs if v not in variants})
+    if unknown or not pairs:
         parser.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -122,12 +130,11 @@ def main() -> int:
 
     began = time.monotonic()
     loops = {}
-    args.threads = max(1, (os.cpu_count() or 2) // (len(args.variants.split(",")) * len(args.judges.split(","))))
-    for variant in args.variants.split(","):
+    args.threads = max(1, (os.cpu_count() or 2) // len(pairs))
+    for variant, judge in pairs:
         spec = variants[variant] or {}
         configs = write_configs(variant, spec, args.work, args.throughput)
-        for judge in args.judges.split(","):
-            loops[loop_name(variant, judge)] = start(variant, judge, configs, spec.get("loop", {}), args.work, args)
+        loops[loop_name(variant, judge)] = start(variant, judge, configs, spec.get("loop", {}), args.work, args)
     while any(p.poll() is None for p in loops.values()) and time.monotonic() - began < args.deadline:
         time.sleep(5)
     for process in loops.values():
