@@ -137,7 +137,7 @@ def test_recent_judgments_newest_first_with_what_can_change(store):
 
 
 def test_simulated_judges_and_imports_still_label(store):
-    """label_with_judge leases with next_pair and submits; imported labeled pairs carry their own judgment."""
+    """label_with_judge leases and submits as the UI does; imported labeled pairs carry their own judgment."""
     _, pairs = make_round(store, simple_items(5, "sim"), overlap=2)
     result = label_with_judge(store, lambda messages, a, b: ("a" if len(a) <= len(b) else "b", None), "shorter")
     again = label_with_judge(store, lambda messages, a, b: ("tie", None), "ties")
@@ -146,6 +146,22 @@ def test_simulated_judges_and_imports_still_label(store):
     summary = store.add_imported_pairs([PairIn([{"role": "user", "content": "imported?"}], "yes", "no", "file")],
                                        "file")
     assert summary.inserted == 1 and len(store.judgments()) == 11
+
+
+def test_a_simulated_judge_stopped_by_its_limit_holds_no_lease(store):
+    """Stopping at `limit` leaves the next pair to others: no lease is left to an annotator that has stopped."""
+    _, pairs = make_round(store, simple_items(4, "limit"), overlap=1)
+    result = label_with_judge(store, lambda messages, a, b: ("a", None), "limited", limit=2)
+    assert result.judged == 2 and len(store.judgments()) == 2
+    simulated = store.ensure_annotator("sim:limited", "simulated")
+    assert not store.release_lease(simulated.id)  # it held none
+    bob, _ = store.add_annotator("bob")
+    seen = set()
+    while (pair := store.next_pair(bob.id)) is not None:
+        seen.add(pair["id"])
+        store.submit_judgment(Judgment(pair["id"], bob.id, "b"))
+    assert len(seen) == 2 and seen | {j["pair_id"] for j in store.judgments() if j["choice"] == "a"} == set(pairs)
+    assert label_with_judge(store, lambda messages, a, b: ("a", None), "none", limit=0).judged == 0
 
 
 # --- interleavings ------------------------------------------------------------------------------------------------

@@ -124,21 +124,24 @@ def label_with_judge(
     limit: int | None = None,
     seed: int = 0,
 ) -> SimulationResult:
-    """Label pairs of a round as annotator `sim:<name>` until none is left (or `limit`), like a person would:
-    lease the next pair, judge it, submit. With probability `noise` an a/b choice is flipped."""
+    """Label pairs of a round as annotator `sim:<name>` until none is left (or `limit`), like a person in the UI
+    would: lease a pair, judge it, submit it and lease the next in one step. With probability `noise` an a/b choice
+    is flipped."""
     annotator = store.ensure_annotator(f"sim:{name}", "simulated")
     rng = random.Random(seed)
     judged = flipped = decisive = 0
-    while limit is None or judged < limit:
-        pair = store.next_pair(annotator.id, round_id=round_id)
-        if pair is None:
-            break
+    pair = store.next_pair(annotator.id, round_id=round_id) if limit != 0 else None
+    while pair is not None:
         choice, strength = judge(pair["messages"], pair["response_a"], pair["response_b"])
         if choice not in _FLIP:
             raise ValueError(f"judge returned {choice!r}; expected one of a, b, tie, both_bad")
         if rng.random() < noise and choice in ("a", "b"):
             choice, flipped = _FLIP[choice], flipped + 1
-        store.submit_judgment(Judgment(pair["id"], annotator.id, choice, strength))
+        judgment = Judgment(pair["id"], annotator.id, choice, strength)
         judged += 1
         decisive += choice in ("a", "b")
+        if limit is not None and judged >= limit:  # leave no pair leased to an annotator that has stopped
+            store.submit_judgment(judgment)
+            break
+        _, pair = store.submit_and_next(judgment, round_id=round_id)
     return SimulationResult(judged, flipped, decisive)
