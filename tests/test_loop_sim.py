@@ -97,7 +97,23 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
             **scaled_down_recipe(tmp_path),
         ),
     )
+    # The run is cut during the evaluation of the last checkpoint (planted); the rerun resumes from the state file
+    # and evaluates that checkpoint only.
+    from training.loop.evaluation import Evaluator
+
+    real_evaluate, evaluated = Evaluator.evaluate, []
+
+    def evaluate_until_cut(self, checkpoint):
+        evaluated.append(checkpoint["id"])
+        if len(evaluated) == 3:
+            raise KeyboardInterrupt("planted: the call's time ran out")
+        return real_evaluate(self, checkpoint)
+
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate_until_cut)
+    with pytest.raises(KeyboardInterrupt, match="planted"):
+        run_loop(store, config, log=lambda *_: None)
     rows = run_loop(store, config, log=lambda *_: None)
+    assert len(evaluated) == 4 and evaluated[3] == evaluated[2] and len(set(evaluated)) == 3, evaluated
 
     assert [row["round"] for row in rows] == [0, 1, 2]
     report = (tmp_path / "reports" / "cpu-loop.md").read_text()
@@ -134,7 +150,7 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert summary["per_round"][0]["heldout_accuracy_per_token"]["value"] == 0.5  # the base model ties every pair
     assert rows[-1]["response_length"]["value"] < rows[0]["response_length"]["value"]  # what `shorter` asks for
     state = json.loads((tmp_path / "reports" / "cpu-loop.state.json").read_text())
-    assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval"}
+    assert state["stages"]["round-0/judge"]["judged"] >= 48 and set(state["seconds"]) >= {"round-1/train", "eval/round-2"}
     assert state["stages"]["round-1/health"]["checked"]
     steps = [state["stages"][f"round-{r}/train"]["metrics"]["global_step"] for r in (0, 1)]
     assert steps == [LoopConfig().dpo_steps] * 2 == [48, 48]  # loop-sim's own step budget reached training

@@ -13,13 +13,13 @@ steps) continues round r's checkpoint, which gives the checkpoint of round r + 1
 GPU sweep of docs/loop.md chose, one for every judge. A health check then samples the new checkpoint and stops the
 loop, with the figures, when the policy collapsed (empty answers, answers that never end, or a KL to the base model
 beyond a bound). After the last round every checkpoint is evaluated (`prefloop eval`: held-out preference accuracy
-on every judged held-out pair, KL to the base model, response length) and, on the same held-out prompts, k samples of
+on every judged held-out pair, summed and per token, KL to the base model, response length) and, on the same held-out prompts, k samples of
 each round compete under the judge with round 0's and with the previous round's. The table, a plot and a JSON
 summary go to data/reports/<name>.md, .png and .json.
 
 Resumable: each finished stage is recorded, with what it produced and how long it took, in
 data/reports/<name>.state.json; a rerun skips finished stages, resumes an interrupted DPO run from its last trainer
-checkpoint, and generation only tops up. Nothing here knows what the judge prefers: it is any `module:function`
+checkpoint, generation only tops up, and the evaluation goes on with the checkpoints it has not finished. Nothing here knows what the judge prefers: it is any `module:function`
 (see training/loop/judges.py).
 """
 
@@ -145,16 +145,16 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
             break
     if stopped is None:
         last = config.rounds
-        state.run("eval", lambda: _evaluate(store, config, state, judge, last, log))
+        _evaluate(store, config, state, judge, last, "eval", log)
     else:
         # The checkpoints before the one that failed its health check are still worth a report: the lead sees how
-        # far the loop got and what the labels did until then. The stage is named after the rounds it covers, so a
-        # resumed run that gets further evaluates again.
+        # far the loop got and what the labels did until then. The stages are named after the rounds they cover (the
+        # held-out pairs of those rounds), so a resumed run that gets further evaluates again.
         last = r
         if last == 0:
             raise stopped
         log(f"the loop stopped in round {r}; evaluating rounds 0 to {last}")
-        state.run(f"eval-rounds-0-{last}", lambda: _evaluate(store, config, state, judge, last, log))
+        _evaluate(store, config, state, judge, last, f"eval-rounds-0-{last}", log)
     rows = report_rows(store, state, last)
     write_report(config, state, rows, report_dir, log, stopped=str(stopped) if stopped else None)
     if stopped is not None:
@@ -290,9 +290,10 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
     return health
 
 
-def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: int, log) -> dict:
+def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: int, stage: str, log) -> None:
     """`prefloop eval` over the checkpoints of rounds 0..last, plus each round's judge win rates over round 0 and the
-    previous round, on the same samples."""
+    previous round, on the same samples. One stage per checkpoint (`<stage>/round-<r>`), so a run cut short during
+    the evaluation resumes with the checkpoints it has not finished."""
     from training.loop.evaluation import EvalConfig, Evaluator, evaluate, judged_outcome, spec_of
 
     eval_config = build(EvalConfig, _yaml(config.eval_config), {"seed": config.seed})
@@ -300,20 +301,25 @@ def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: i
     if not evaluator.prompts:
         raise StoreError("no held-out prompts: the win rates need some (import more prompts)")
     checkpoints = [store.get_checkpoint(state.get(f"round-{r}/start")["checkpoint_id"]) for r in range(last + 1)]
-    evaluate(store, eval_config, checkpoints, log, evaluator)
     outcome = judged_outcome(judge, evaluator.prompts)
-    win_rates = {}
-    for r, checkpoint in enumerate(checkpoints[1:], start=1):
+
+    def evaluate_round(r: int) -> dict:
+        checkpoint = checkpoints[r]
+        evaluate(store, eval_config, [checkpoint], log, evaluator)
         rows = []
-        for metric, other in (("judge_win_rate_vs_round0", 0), ("judge_win_rate_vs_previous", r - 1)):
+        comparisons = [("judge_win_rate_vs_round0", 0), ("judge_win_rate_vs_previous", r - 1)] if r > 0 else []
+        for metric, other in comparisons:
             estimate = evaluator.win_rate(spec_of(checkpoint), spec_of(checkpoints[other]), outcome)
             rows.append(estimate.row(metric, judge=config.judge, other_checkpoint=checkpoints[other]["id"],
                                      prompts=len(evaluator.prompts)))
             log(f"round {r} vs round {other} under {config.judge}: {estimate.value:.3f} "
                 f"[{estimate.ci_low:.3f}, {estimate.ci_high:.3f}] n={estimate.n}")
-        store.add_eval_results(checkpoint["id"], state.get(f"round-{r}/start")["round"], rows)
-        win_rates[r] = rows
-    return {"win_rates": win_rates}
+        if rows:
+            store.add_eval_results(checkpoint["id"], state.get(f"round-{r}/start")["round"], rows)
+        return {"checkpoint": checkpoint["id"], "win_rates": rows}
+
+    for r in range(last + 1):
+        state.run(f"{stage}/round-{r}", partial(evaluate_round, r))
 
 
 def _yaml(path: str) -> Path | None:
