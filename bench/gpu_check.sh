@@ -72,7 +72,8 @@ rloo_100_steps() {
   return $status
 }
 
-case "${1:?stage: loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | loop-sweep | loop-pairs | loop-smoke | model}" in
+stages="loop | trainers | ppo | ppo-eval | rloo | rloo-lr | dpo7b | loop-sweep | loop-pairs | loop-smoke | model"
+case "${1:?stage: $stages}" in
   loop-smoke)
     $cli model
     export PREFLOOP_DB=/root/work/smoke.duckdb

@@ -4,9 +4,9 @@
     prefloop --db data/prefloop.duckdb status
 
 The commands sit on top of the library and import it, never the reverse: `store_commands` (model, import, status,
-annotators, demo-admin), `loop_commands` (round, generate, export, eval, label-sim, loop-sim, loop-plot) and `train_commands`
-(train-sft, train-rm, train-dpo, train-ppo, train-rloo, merge). Heavy imports (torch, transformers) stay inside the
-library's functions, so `--help` and the store commands start quickly.
+annotators, demo-admin), `loop_commands` (round, generate, export, eval, label-sim, loop-sim, loop-plot) and
+`train_commands` (train-sft, train-rm, train-dpo, train-ppo, train-rloo, merge). Heavy imports (torch,
+transformers) stay inside the library's functions, so `--help` and the store commands start quickly.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The loop's commands: round, generate, export, eval, label-sim, loop-sim, loop-plot. Each parses its config (defaults < --config
-YAML < options), calls the stage's library function in `training.loop` and prints what it did."""
+"""The loop's commands: round, generate, export, eval, label-sim, loop-sim, loop-plot. Each parses its config
+(defaults < --config YAML < options), calls the stage's library function in `training.loop` and prints what it did."""
 
 from __future__ import annotations
 

@@ -13,14 +13,14 @@ steps) continues round r's checkpoint, which gives the checkpoint of round r + 1
 GPU sweep of docs/loop.md chose, one for every judge. A health check then samples the new checkpoint and stops the
 loop, with the figures, when the policy collapsed (empty answers, answers that never end, or a KL to the base model
 beyond a bound). After the last round every checkpoint is evaluated (`prefloop eval`: held-out preference accuracy
-on every judged held-out pair, summed and per token, KL to the base model, response length) and, on the same held-out prompts, k samples of
-each round compete under the judge with round 0's and with the previous round's. The table, a plot and a JSON
-summary go to data/reports/<name>.md, .png and .json.
+on every judged held-out pair, summed and per token, KL to the base model, response length) and, on the same
+held-out prompts, k samples of each round compete under the judge with round 0's and with the previous round's. The
+table, a plot and a JSON summary go to data/reports/<name>.md, .png and .json.
 
 Resumable: each finished stage is recorded, with what it produced and how long it took, in
 data/reports/<name>.state.json; a rerun skips finished stages, resumes an interrupted DPO run from its last trainer
-checkpoint, generation only tops up, and the evaluation goes on with the checkpoints it has not finished. Nothing here knows what the judge prefers: it is any `module:function`
-(see training/loop/judges.py).
+checkpoint, generation only tops up, and the evaluation goes on with the checkpoints it has not finished. Nothing
+here knows what the judge prefers: it is any `module:function` (see training/loop/judges.py).
 """
 
 from __future__ import annotations
