@@ -21,7 +21,7 @@
 #   loop-sweep VARIANTS JUDGES [DEADLINE]   bench/loop_sweep.py: one loop-sim per (variant, judge), all at once;
 #             DEADLINE (s) counts from the loops' start: leave ~60 s of the call's 600 for unpacking, the model's
 #             conversion and the copies (545 in a first call ran past the limit; the same command resumes)
-#   loop-pairs LOOPS [DEADLINE]   the same for chosen variant:judge pairs only (p256:shorter,p256-seed2:contains_word)
+#   loop-pairs LOOPS [DEADLINE]   the same for chosen variant:judge pairs only (default:shorter,seed2:contains_word)
 #   loop-smoke  one short loop-sim round on the GPU: every stage's code path (static decoder, DPO, eval), timed
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 """Sweep the loop's DPO recipe: one `prefloop loop-sim` per (variant, judge), several at once on one GPU.
 
     python bench/loop_sweep.py --variants default,steps64 --judges shorter,structured --out sweep-out
-    python bench/loop_sweep.py --loops p256:shorter,p256:shorter@0.2,p256-seed2:contains_word   # chosen pairs only
+    python bench/loop_sweep.py --loops default:shorter,default:shorter@0.2,seed2:contains_word   # chosen pairs only
     python bench/loop_sweep.py --list                       # the variants in bench/loop_variants.yaml
     bash bench/gpu_check.sh loop-sweep VARIANTS JUDGES      # on the GPU machine (environment, model, $OUT)
 

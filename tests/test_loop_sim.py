@@ -325,14 +325,14 @@ def test_a_sweep_of_chosen_loops_starts_those_and_no_others(tmp_path, monkeypatc
     monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: None)  # the model conversion
     monkeypatch.setattr(sweep.subprocess, "Popen", Finished)
     monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
-    monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p256:shorter,default:contains_word@0.2",
+    monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p128:shorter,default:contains_word@0.2",
                                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     assert sweep.main() == 1  # no loop wrote a summary: the sweep says so
     names = [command[command.index("--name") + 1] for command in started]
-    assert names == ["p256--shorter", "default--contains_word-noise0.2"]
+    assert names == ["p128--shorter", "default--contains_word-noise0.2"]
     assert "--pairs-per-round" in started[0] and "--pairs-per-round" not in started[1]
     assert started[1][started[1].index("--noise") + 1] == "0.2"
     assert (tmp_path / "out" / "sweep.md").read_text().count("exit 0") == 2
-    monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p256"])
+    monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p128"])
     with pytest.raises(SystemExit):
         sweep.main()

@@ -232,7 +232,7 @@ def cmd_loop_sim(args: argparse.Namespace) -> int:
 def add_loop_plot_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("loop-plot", help="redraw the plot of a loop-sim JSON summary (docs/results/loop-*.json)")
     p.add_argument("summary", type=Path, help="loop-sim's <name>.json, or a loop sweep's JSON with --loop")
-    p.add_argument("--loop", help="which loop of a sweep's JSON (its name, e.g. p256--structured)")
+    p.add_argument("--loop", help="which loop of a sweep's JSON (its name, e.g. default--structured)")
     p.add_argument("--out", type=Path, help="PNG to write (default: next to the summary)")
     p.set_defaults(run=cmd_loop_plot)
 

@@ -2,7 +2,7 @@
 summary (data/reports/<name>.md, .png, .json).
 
     prefloop loop-plot docs/results/loop-shorter.json            # redraw a summary's plot (next to it, .png)
-    prefloop loop-plot docs/results/loop-sweep-p256.json --loop p256--structured --out docs/loop-p256-structured.png
+    prefloop loop-plot docs/results/loop-sweep-p256.json --loop p256--structured --out docs/loop-structured.png
 
 The JSON holds what docs/results/loop-<judge>.json records: judge, noise, rounds, the last round's win rate over
 round 0 as {value, low, high, n}, every round's figures, the DPO runs' training metrics and each stage's wall time.

@@ -48,9 +48,9 @@ class LoopConfig:
     noise: float = opt(0.0, "probability that the simulated annotator flips an a/b choice")
     prompts_file: str = opt("store/seeds/prompts.jsonl", "prompts imported before round 0 (duplicates skipped)")
     pairs_per_round: int = opt(
-        128,
+        256,
         "judged train pairs per round (generation tops up until the round has them); a judge that calls most pairs "
-        "a tie still leaves DPO a few dozen decisive ones",
+        "a tie still leaves DPO 50-200 decisive ones (at 128, `contains_word` missed the goal of docs/loop.md)",
     )
     heldout_pairs: int = opt(128, "judged held-out pairs per round, for held-out preference accuracy")
     train_on: str = opt(
@@ -80,9 +80,9 @@ class LoopConfig:
         0.8, "health check: stop when more of its answers run to the token limit (never end; the base model's: ~50%)"
     )
     max_kl: float = opt(
-        40.0,
+        60.0,
         "health check: stop when a new checkpoint's KL to the base model exceeds this (nats per response; the "
-        "healthy loops of docs/loop.md reached 39.8: `structured` at 48 steps)",
+        "healthy loops of docs/loop.md reached 44.5, every collapse there was caught by the two bounds above)",
     )
     health_prompts: int = opt(64, "held-out prompts the health check samples once each")
     seed: int = opt(3407, "seed of generation, the judge's noise and evaluation (DPO's is in its YAML)")
