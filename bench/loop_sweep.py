@@ -12,7 +12,8 @@ variant differs from the defaults by what it says and nothing else); each judge 
 under --work (database, checkpoints, report), as its own process; a rerun of the same command skips loops that
 finished and resumes the others from their state files (loop-sim's own resume). The embedded model is converted once
 before the loops start. When all are done (or --deadline seconds have passed: the unfinished ones are left to resume)
-it prints one row per loop and writes --out/sweep.json (every loop's loop-sim summary) and --out/sweep.md.
+it prints one row per loop and writes --out/sweep.json (every loop's loop-sim summary; one cut in its evaluation
+has the rounds evaluated so far, marked "partial") and --out/sweep.md.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def cell(result: dict | None) -> str:
 def row_of(name: str, summary: dict | None, code: int | None) -> str:
     if summary is None:
         return f"| {name} | {'running' if code is None else f'exit {code}'} | | | | | | |"
+    if summary.get("partial"):  # cut in the evaluation: the rounds evaluated so far
+        name += f" (rounds 0-{summary['rounds_evaluated']} of 0-{summary['rounds']} so far)"
     rounds = summary["per_round"]
     accuracy = " / ".join(f"{r['heldout_accuracy']['value']:.2f}" for r in rounds[1:] if r["heldout_accuracy"])
     per_token = " / ".join(f"{r['heldout_accuracy_per_token']['value']:.2f}" for r in rounds[1:]
@@ -150,14 +153,14 @@ def main() -> int:
         path = args.work / name / "reports" / f"{name}.json"
         summaries[name] = json.loads(path.read_text()) if path.exists() else None
         lines.append(row_of(name, summaries[name], process.poll()))
-        if summaries[name] is None:
+        if summaries[name] is None or summaries[name].get("partial"):
             tail = (args.work / name / "loop.log").read_text(errors="replace")[-1500:]
             print(f"--- {name} did not finish; its log ends:\n{tail}")
     table = "\n".join(lines)
     print(table)
     (args.out / "sweep.md").write_text(table + "\n")
     (args.out / "sweep.json").write_text(json.dumps(summaries, indent=1, default=str))
-    return 0 if all(summaries.values()) else 1
+    return 0 if all(s and not s.get("partial") for s in summaries.values()) else 1
 
 
 if __name__ == "__main__":

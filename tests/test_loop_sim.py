@@ -112,6 +112,11 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     monkeypatch.setattr(Evaluator, "evaluate", evaluate_until_cut)
     with pytest.raises(KeyboardInterrupt, match="planted"):
         run_loop(store, config, log=lambda *_: None)
+    # The cut run left the report of what it measured: rounds 0 and 1, marked as the figures so far.
+    so_far = json.loads((tmp_path / "reports" / "cpu-loop.json").read_text())
+    assert (so_far["partial"], so_far["rounds_evaluated"], len(so_far["per_round"])) == (True, 1, 2), so_far
+    assert so_far["win_rate_vs_round0"]["n"] == 32 * 4
+    assert "**So far:** rounds 0 to 1 of 0 to 2" in (tmp_path / "reports" / "cpu-loop.md").read_text()
     rows = run_loop(store, config, log=lambda *_: None)
     assert len(evaluated) == 4 and evaluated[3] == evaluated[2] and len(set(evaluated)) == 3, evaluated
 
@@ -120,6 +125,7 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert "| 2 |" in report and (tmp_path / "reports" / "cpu-loop.png").stat().st_size > 0
     summary = json.loads((tmp_path / "reports" / "cpu-loop.json").read_text())
     assert (summary["judge"], summary["noise"], summary["rounds"]) == ("training.loop.judges:shorter", 0.0, 2)
+    assert (summary["partial"], summary["rounds_evaluated"]) == (False, 2) and "So far" not in report
     win = summary["win_rate_vs_round0"]
     assert win["n"] == 32 * 4 and win["low"] > 0.5, win  # 32 held-out prompts x 4 samples of each model
     last_kl = rows[-1]["kl_to_base"]
@@ -325,14 +331,23 @@ def test_a_sweep_of_chosen_loops_starts_those_and_no_others(tmp_path, monkeypatc
     monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: None)  # the model conversion
     monkeypatch.setattr(sweep.subprocess, "Popen", Finished)
     monkeypatch.setattr(sweep.time, "sleep", lambda _: None)
+    # The first loop was cut in its evaluation: its report holds rounds 0-1 of 0-3, marked partial.
+    estimate = {"value": 0.6, "low": 0.55, "high": 0.65, "n": 800}
+    figures = {"heldout_accuracy": estimate, "kl_to_base": estimate, "response_length": estimate}
+    cut = {"partial": True, "rounds": 3, "rounds_evaluated": 1, "win_rate_vs_round0": estimate,
+           "win_rate_vs_previous": estimate, "per_round": [figures, figures], "seconds": {"round-0/train": 1.0}}
+    reports = tmp_path / "work" / "p128--shorter" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "p128--shorter.json").write_text(json.dumps(cut))
     monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p128:shorter,default:contains_word@0.2",
                                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
-    assert sweep.main() == 1  # no loop wrote a summary: the sweep says so
+    assert sweep.main() == 1  # one loop cut, the other wrote no summary: the sweep says so
     names = [command[command.index("--name") + 1] for command in started]
     assert names == ["p128--shorter", "default--contains_word-noise0.2"]
     assert "--pairs-per-round" in started[0] and "--pairs-per-round" not in started[1]
     assert started[1][started[1].index("--noise") + 1] == "0.2"
-    assert (tmp_path / "out" / "sweep.md").read_text().count("exit 0") == 2
+    table = (tmp_path / "out" / "sweep.md").read_text()
+    assert table.count("exit 0") == 1 and "| p128--shorter (rounds 0-1 of 0-3 so far) | 0.600 [0.550, 0.650]" in table
     monkeypatch.setattr("sys.argv", ["loop_sweep.py", "--loops", "p128"])
     with pytest.raises(SystemExit):
         sweep.main()

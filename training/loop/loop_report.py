@@ -66,7 +66,7 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(sentences) or "No win rate yet."
 
 
-def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict:
+def summary(config, state, rows: list[dict], stopped: str | None = None, evaluating_to: int | None = None) -> dict:
     def interval(result):
         if result is None:
             return None
@@ -93,6 +93,7 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
         "noise": config.noise,
         "rounds": config.rounds,
         "rounds_evaluated": last["round"],
+        "partial": evaluating_to is not None,  # the evaluation was still under way: later rounds are missing
         "stopped": stopped,
         "win_rate_vs_round0": interval(last["judge_win_rate_vs_round0"]),
         "win_rate_vs_previous": interval(last["judge_win_rate_vs_previous"]),
@@ -116,13 +117,20 @@ def summary(config, state, rows: list[dict], stopped: str | None = None) -> dict
     }
 
 
-def write_report(config, state, rows: list[dict], report_dir: Path, log=print, stopped: str | None = None) -> None:
-    """The table, plot and JSON summary of the rounds in `rows`; `stopped` is why the loop ended early, if it did."""
+def write_report(
+    config, state, rows: list[dict], report_dir: Path, log=print, stopped: str | None = None,
+    evaluating_to: int | None = None,
+) -> None:
+    """The table, plot and JSON summary of the rounds in `rows`; `stopped` is why the loop ended early, if it did;
+    `evaluating_to` the last round of an evaluation still under way (the report so far)."""
     table = format_table(rows)
     log(table)
     log(verdict(rows))
     total = sum(state.seconds.values())
     ending = f"\n**Stopped after round {rows[-1]['round']}:** {stopped}\n" if stopped else ""
+    if evaluating_to is not None:
+        ending += (f"\n**So far:** rounds 0 to {rows[-1]['round']} of 0 to {evaluating_to} are evaluated. A rerun "
+                   f"of the same loop-sim command goes on with the rest.\n")
     (report_dir / f"{config.name}.md").write_text(
         f"# {config.name}\n\nJudge `{config.judge}`, noise {config.noise}, {config.rounds} rounds of "
         f"{config.pairs_per_round} train pairs. 95% bootstrap intervals (by prompt for the sample-based figures) in "
@@ -130,7 +138,7 @@ def write_report(config, state, rows: list[dict], report_dir: Path, log=print, s
         f"{verdict(rows)}\n{ending}"
     )
     (report_dir / f"{config.name}.json").write_text(
-        json.dumps(summary(config, state, rows, stopped), indent=2, default=str)
+        json.dumps(summary(config, state, rows, stopped, evaluating_to), indent=2, default=str)
     )
     plot(rows, report_dir / f"{config.name}.png", f"{config.name}: judge {config.judge}, noise {config.noise}")
 

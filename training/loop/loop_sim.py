@@ -15,7 +15,8 @@ loop, with the figures, when the policy collapsed (empty answers, answers that n
 beyond a bound). After the last round every checkpoint is evaluated (`prefloop eval`: held-out preference accuracy
 on every judged held-out pair, summed and per token, KL to the base model, response length) and, on the same
 held-out prompts, k samples of each round compete under the judge with round 0's and with the previous round's. The
-table, a plot and a JSON summary go to data/reports/<name>.md, .png and .json.
+table, a plot and a JSON summary go to data/reports/<name>.md, .png and .json, rewritten after each evaluated checkpoint
+("partial" in the JSON until the last).
 
 Resumable: each finished stage is recorded, with what it produced and how long it took, in
 data/reports/<name>.state.json; a rerun skips finished stages, resumes an interrupted DPO run from its last trainer
@@ -143,9 +144,15 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
         except LoopError as exc:
             stopped = exc
             break
+    def report_so_far(r: int, last: int) -> None:
+        # A run cut during the evaluation (a GPU call's time limit) still leaves the figures it measured.
+        if r < last:
+            rows_so_far = report_rows(store, state, r)
+            write_report(config, state, rows_so_far, report_dir, log=lambda *_: None, evaluating_to=last)
+
     if stopped is None:
         last = config.rounds
-        _evaluate(store, config, state, judge, last, "eval", log)
+        _evaluate(store, config, state, judge, last, "eval", log, report_so_far)
     else:
         # The checkpoints before the one that failed its health check are still worth a report: the lead sees how
         # far the loop got and what the labels did until then. The stages are named after the rounds they cover (the
@@ -154,7 +161,7 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
         if last == 0:
             raise stopped
         log(f"the loop stopped in round {r}; evaluating rounds 0 to {last}")
-        _evaluate(store, config, state, judge, last, f"eval-rounds-0-{last}", log)
+        _evaluate(store, config, state, judge, last, f"eval-rounds-0-{last}", log, report_so_far)
     rows = report_rows(store, state, last)
     write_report(config, state, rows, report_dir, log, stopped=str(stopped) if stopped else None)
     if stopped is not None:
@@ -290,10 +297,12 @@ def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> 
     return health
 
 
-def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: int, stage: str, log) -> None:
+def _evaluate(
+    store: Store, config: LoopConfig, state: LoopState, judge, last: int, stage: str, log, evaluated=None
+) -> None:
     """`prefloop eval` over the checkpoints of rounds 0..last, plus each round's judge win rates over round 0 and the
     previous round, on the same samples. One stage per checkpoint (`<stage>/round-<r>`), so a run cut short during
-    the evaluation resumes with the checkpoints it has not finished."""
+    the evaluation resumes with the checkpoints it has not finished; `evaluated(r, last)` is called after each."""
     from training.loop.evaluation import EvalConfig, Evaluator, evaluate, judged_outcome, spec_of
 
     eval_config = build(EvalConfig, _yaml(config.eval_config), {"seed": config.seed})
@@ -320,6 +329,8 @@ def _evaluate(store: Store, config: LoopConfig, state: LoopState, judge, last: i
 
     for r in range(last + 1):
         state.run(f"{stage}/round-{r}", partial(evaluate_round, r))
+        if evaluated:
+            evaluated(r, last)
 
 
 def _yaml(path: str) -> Path | None:
