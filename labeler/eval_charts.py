@@ -31,6 +31,12 @@ METRIC_LABELS = {
     "response_length": "mean response length (tokens)",
     "heldout_reward": "mean reward-model score of held-out samples",
 }
+# Measured in docs/loop.md: under judges that decide few pairs, the win rate rose to 0.76 while the accuracy fell.
+ACCURACY_CAVEAT = (
+    "Held-out accuracy orders the judged held-out pairs by each model's implicit reward against the base model. Tens "
+    "of nats from the base model it can stall or fall while the win rate rises: the win rate says whether answers "
+    "got better, the accuracy whether the model ranks old pairs as the annotators did."
+)
 # Whether the newest round improved on the one before: the first of these its checkpoint has.
 WIN_RATES_VS_PREVIOUS = ("win_rate_vs_previous", "judge_win_rate_vs_previous")
 
@@ -75,20 +81,22 @@ def model_quality(store: Store) -> None:
     st.markdown(last_round_verdict(frame))
     charts = [
         (["heldout_accuracy", "heldout_accuracy_per_token", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"],
-         "Held-out accuracy and win rate", 0.5),
-        (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5),
-        (["kl_to_base"], "KL to the base model", None),
-        (["response_length"], "Mean response length (length hacking shows here)", None),
-        (["heldout_reward"], "Reward-model score of each policy's held-out samples (what RL raises)", None),
+         "Held-out accuracy and win rate", 0.5, ACCURACY_CAVEAT),
+        (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5, None),
+        (["kl_to_base"], "KL to the base model", None, None),
+        (["response_length"], "Mean response length (length hacking shows here)", None, None),
+        (["heldout_reward"], "Reward-model score of each policy's held-out samples (what RL raises)", None, None),
     ]
     left, right = st.columns(2)
-    for i, (metrics, title, reference) in enumerate(charts):
+    for i, (metrics, title, reference, caveat) in enumerate(charts):
         part = frame[frame["metric"].isin(metrics)]
         with left if i % 2 == 0 else right:
             if part.empty:
                 st.caption(f"{title}: no results yet")
             else:
                 st.altair_chart(rounds_chart(part, title, reference), width="stretch")
+                if caveat:
+                    st.caption(caveat)
     with st.expander("All results"):
         st.dataframe(frame.drop(columns="series"), hide_index=True)
 

@@ -402,6 +402,8 @@ def test_eval_section_renders_empty_store(store, db_path):
 
 def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     from streamlit.testing.v1 import AppTest
+
+    from labeler.eval_charts import ACCURACY_CAVEAT
     from torch.utils.tensorboard import SummaryWriter
 
     s = scenario
@@ -438,6 +440,7 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
         (1, "heldout_accuracy_per_token"), (1, "win_rate_vs_previous")
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
+    assert [c.value for c in app.caption].count(ACCURACY_CAVEAT) == 1  # under the accuracy chart only
     assert sorted(row["round"] for row in chart_rows(elements[2], "metric")) == [0, 1]  # base and DPO samples
     # In words, for the lead: the human vs-previous pairs say round 1 won 0.625 of 4, an interval that includes 50%.
     assert any("Round 1 is not measurably better than round 0" in m.value and "judged by human" in m.value
