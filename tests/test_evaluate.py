@@ -402,9 +402,9 @@ def test_eval_section_renders_empty_store(store, db_path):
 
 def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     from streamlit.testing.v1 import AppTest
+    from torch.utils.tensorboard import SummaryWriter
 
     from labeler.eval_charts import ACCURACY_CAVEAT
-    from torch.utils.tensorboard import SummaryWriter
 
     s = scenario
     judge_vs_previous(store, s)
