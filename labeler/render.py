@@ -236,8 +236,9 @@ def tab_from_the_top(pair_id: int) -> None:
     """When a pair is drawn and nothing has the focus, give it to the page's scrolling area (arrow keys then scroll
     it, shortcut keys still work), so the next Tab goes to the first field of the page (the rationale box) rather than
     to whatever follows the button pressed on the previous pair. `pair_id` makes the script new for each pair.
-    It looks for a second (every 50 ms), not once: the element that had the focus on the previous screen (the sign-in
-    field, a button) is removed only when the script run ends, and the focus falls to the page body then."""
+    It looks for five seconds (every 50 ms), not once: the element that had the focus on the previous screen (the
+    sign-in field, a button) is removed only when the script run ends, and the focus falls to the page body then; on a
+    busy machine that run took longer than the one second this once looked for."""
     _page_script(f"""/* pair {int(pair_id)} */
         (function settle(tries) {{
             const main = document.querySelector('[data-testid="stMain"]');
@@ -246,4 +247,4 @@ def tab_from_the_top(pair_id: int) -> None:
                 main.focus({{preventScroll: true}});
             }}
             if (tries > 0) setTimeout(() => settle(tries - 1), 50);
-        }})(20);""")
+        }})(100);""")

@@ -366,6 +366,8 @@ def test_focus_tab_pace_and_first_visit_guidelines(server, new_page):
     page.get_by_text("Sign-in token", exact=True).wait_for(state="detached")
     wait_idle(page)
     assert guidelines_open(page)  # on a first visit
+    # The sign-in field goes when the script run ends; the focus then settles on the page's main area.
+    page.wait_for_function("document.activeElement && document.activeElement.dataset.testid === 'stMain'")
     focused = []
     for _ in range(2):  # the rationale box is at most two Tab presses away (the first, here)
         page.keyboard.press("Tab")
