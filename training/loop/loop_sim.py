@@ -302,7 +302,8 @@ def _evaluate(
 ) -> None:
     """`prefloop eval` over the checkpoints of rounds 0..last, plus each round's judge win rates over round 0 and the
     previous round, on the same samples. One stage per checkpoint (`<stage>/round-<r>`), so a run cut short during
-    the evaluation resumes with the checkpoints it has not finished; `evaluated(r, last)` is called after each."""
+    the evaluation resumes with the checkpoints it has not finished; `evaluated(r, last)` is called after each newly
+    evaluated one."""
     from training.loop.evaluation import EvalConfig, Evaluator, evaluate, judged_outcome, spec_of
 
     eval_config = build(EvalConfig, _yaml(config.eval_config), {"seed": config.seed})
@@ -328,6 +329,8 @@ def _evaluate(
         return {"checkpoint": checkpoint["id"], "win_rates": rows}
 
     for r in range(last + 1):
+        if state.done(f"{stage}/round-{r}"):  # a resumed run: evaluated and reported before
+            continue
         state.run(f"{stage}/round-{r}", partial(evaluate_round, r))
         if evaluated:
             evaluated(r, last)
