@@ -12,6 +12,7 @@ from training.config import build
 from training.loop.judges import contains_word, label_with_judge, load_judge, shorter
 from training.loop.loop_report import TABLE_METRICS, rows_from_summary
 from training.loop.loop_sim import LoopConfig, run_loop
+from training.metrics import Estimate, format_estimate
 
 SEEDS = Path(__file__).resolve().parents[1] / "store" / "seeds" / "prompts.jsonl"
 
@@ -147,6 +148,11 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert sum(part["value"] * part["n"] for part in per_token_by_length.values()) == pytest.approx(
         per_token["value"] * per_token["n"])
     assert "held-out accuracy per token" in report
+    # The Markdown report shows the split too, with each part's n: a lead can see a length drift without the JSON.
+    shorter = by_length["chosen_shorter"]
+    cell = format_estimate(Estimate(shorter["value"], shorter["low"], shorter["high"], shorter["n"]))
+    split_rows = [line for line in report.splitlines() if line.startswith("| 2 |") and cell in line]
+    assert "summed, preferred answer the shorter" in report and len(split_rows) == 1, report
     # The summary holds what its plot was drawn from: `prefloop loop-plot` redraws it from the JSON alone.
     fields = ("value", "ci_low", "ci_high", "n")
     assert [{m: r[m] and tuple(r[m][f] for f in fields) for m, _ in TABLE_METRICS} for r in rows_from_summary(summary)] \
