@@ -28,6 +28,7 @@ from training.engine.batching import (
     length_grouped_order,
     pair_lengths,
     plan_buckets,
+    token_counts,
     use_length_buckets,
 )
 from training.engine.reference_logps import attach_reference_logps
@@ -225,6 +226,38 @@ def test_cached_reference_logps_are_trls_and_are_reused(tiny_model_dir, tmp_path
     assert attach_reference_logps(changed, cache, {"export": "x"}, batch_size=4) == {"train": "computed"}
 
 
+def test_ld_dpo_weights_the_longer_responses_tail_and_keys_its_own_cache(tiny_model_dir, tmp_path, capsys):
+    """LD-DPO (`ld_alpha`): the reference log-probs count the tokens past the shorter response's length at that
+    weight, and a cache made with another weight (or none) is not read for it."""
+    rows, cache = varied_pairs(6), tmp_path / "cache"
+
+    def reference(name: str, ld_alpha: float | None):
+        config = tiny(dpo.DPOTrainConfig, tiny_model_dir, tmp_path / name, max_length=128, evaluate=False,
+                      group_by_length=False, cache_ref_logps=True, ld_alpha=ld_alpha)
+        loaded = load_trainable(config, str(tiny_model_dir), seed=0)
+        trainer = dpo.build_trainer(config, loaded, tmp_path / name, Dataset.from_list(rows),
+                                    reference_cache=(cache, {"export": "x"}))
+        status = "cached" if "reference log-probs train cached" in capsys.readouterr().out else "computed"
+        logps = torch.tensor([trainer.train_dataset["ref_chosen_logps"], trainer.train_dataset["ref_rejected_logps"]])
+        return logps, status, token_counts(trainer.train_dataset)[:, 1:].T
+
+    plain, status, lengths = reference("plain", None)
+    assert status == "computed"
+    half, status, _ = reference("half", 0.5)
+    assert status == "computed"  # not the plain sums of the same export and reference
+    assert reference("half-again", 0.5)[1] == "cached" and reference("plain-again", None)[1] == "cached"
+    longer, shorter = lengths.argmax(axis=0), lengths.argmin(axis=0)
+    unequal = lengths[0] != lengths[1]
+    assert unequal.any()
+    pairs = torch.arange(len(rows))
+    # The shorter response is all shared length: unchanged. The longer one's tail counts half: its (negative)
+    # log-prob rises by half the tail's.
+    torch.testing.assert_close(half[shorter, pairs], plain[shorter, pairs])
+    assert (half[longer, pairs][unequal] > plain[longer, pairs][unequal] + 1e-3).all(), (half, plain, lengths)
+    with pytest.raises(ValueError, match="ld_alpha must be in"):
+        tiny(dpo.DPOTrainConfig, tiny_model_dir, tmp_path / "bad", ld_alpha=1.5).validate()
+
+
 def test_train_dpo_caches_the_reference_with_the_export(tiny_model_dir, tmp_path, store, capsys):
     base = store.register_checkpoint("base", str(tiny_model_dir))
     store.new_round(base)
@@ -249,6 +282,9 @@ def test_train_dpo_caches_the_reference_with_the_export(tiny_model_dir, tmp_path
     _, out = run("three", first.checkpoint_id)  # the next round's reference is the first run's adapter
     assert "reference log-probs train computed, eval computed" in out
     assert len(list(cache.glob("train-*.pt"))) == 2
+    ld, out = run("four", base, ld_alpha=0.5)  # LD-DPO trains end to end, on reference log-probs of its own
+    assert "reference log-probs train computed, eval computed" in out and ld.metrics["global_step"] == 2
+    assert len(list(cache.glob("train-*.pt"))) == 3
 
 
 # --- the bench harness ----------------------------------------------------------------------------------------------

@@ -74,6 +74,12 @@ class DPOTrainConfig(TrainConfig):
     )
     loss_weights: list[float] = opt([], "weight of each loss_type when there are several; empty: 1 each")
     label_smoothing: float = opt(0.0, "robust DPO: assumed label-flip probability in [0, 0.5); exo_pair: its epsilon")
+    ld_alpha: float | None = opt(
+        None,
+        "LD-DPO: weight in [0, 1] of each response's tokens past the shorter response's length, in the policy's and "
+        "the reference's log-probs (0: compare the shared length only); none: plain sums. Makes the implicit reward "
+        "less sensitive to length, which far from the base model drifts with it (docs/loop.md)",
+    )
     reference: str = opt(
         "parent",
         "the reference model: parent (the checkpoint this run continues: each round is pulled towards the last one) "
@@ -99,6 +105,8 @@ class DPOTrainConfig(TrainConfig):
         """The settings TRL would reject only once the model is loaded and the run started."""
         if self.reference not in ("parent", "base"):
             raise ValueError(f"reference must be parent or base, not {self.reference!r}")
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ValueError(f"ld_alpha must be in [0, 1] (or none), not {self.ld_alpha}")
         if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(
                 f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type "
@@ -216,6 +224,8 @@ def build_trainer(
         folder, reference = reference_cache or (None, {})
         numerics = {"max_length": args.max_length, "truncation_mode": args.truncation_mode}
         numerics |= {"backend": loaded.backend, "dtype": str(loaded.dtype), "lm_head": levers[0]}
+        if args.ld_alpha is not None:  # LD-DPO weights the reference's tail tokens too (absent: the keys of before)
+            numerics["ld_alpha"] = args.ld_alpha
         status = attach_reference_logps(trainer, folder, reference | numerics, args.per_device_train_batch_size)
         levers.append("reference log-probs " + ", ".join(f"{split} {how}" for split, how in status.items()))
     print("throughput: " + "; ".join(levers))
