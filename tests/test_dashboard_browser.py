@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from dataclasses import asdict
 
 import pytest
 
@@ -39,8 +40,9 @@ JUDGMENTS = [
 ]
 PAIRS_PER_ROUND = 4
 # Per round: held-out correctness of the policy and of the reward model, and the new policy's outcomes against the
-# previous round's (round 0 has no previous round).
-HELDOUT_CORRECT = {0: [1, 0, 1, 1, 0, 1, 0, 1], 1: [1, 1, 1, 0, 1, 1, 1, 1]}
+# previous round's (round 0 has no previous round). The held-out pairs' first half has the longer answer preferred, the
+# second the shorter (heldout_accuracy); each half holds a miss, so each interval is drawn with a height.
+HELDOUT_CORRECT = {0: [1, 0, 1, 1, 0, 1, 0, 1], 1: [1, 1, 1, 0, 1, 0, 1, 1, 1, 1]}
 REWARD_CORRECT = {0: [1, 0, 1, 0, 1, 1], 1: [1, 1, 0, 1, 1, 1]}
 WIN_OUTCOMES = ["win", "win", "loss", "tie", "win"]
 CURVE_STEPS = 8
@@ -52,6 +54,14 @@ def items(round_id: int) -> list[tuple[list[dict], str, str]]:
 
     return [([{"role": "user", "content": f"round {round_id} question {i}"}],
              answer(i, "a", i % 2 == 0), answer(i, "b", i % 2 == 1)) for i in range(PAIRS_PER_ROUND)]
+
+
+def heldout_accuracy(round_id: int) -> dict:
+    """The round's held-out accuracy row, split as the evaluation splits it: the first half of the pairs with the
+    longer answer preferred, the second with the shorter."""
+    correct, half = HELDOUT_CORRECT[round_id], len(HELDOUT_CORRECT[round_id]) // 2
+    by_length = {"chosen_longer": asdict(accuracy(correct[:half])), "chosen_shorter": asdict(accuracy(correct[half:]))}
+    return accuracy(correct).row("heldout_accuracy", by_length=by_length)
 
 
 def fill_two_rounds(store, run_root) -> dict:
@@ -71,8 +81,8 @@ def fill_two_rounds(store, run_root) -> dict:
     policy = store.register_checkpoint("dpo", "test-model", "adapters/dpo-0", round_id=0, parent_id=base)
     rewards = [store.register_checkpoint("reward", "test-model", f"adapters/rm-{r}", round_id=r, parent_id=base)
                for r in (0, 1)]
-    store.add_eval_results(base, 0, [accuracy(HELDOUT_CORRECT[0]).row("heldout_accuracy")])
-    store.add_eval_results(policy, 1, [accuracy(HELDOUT_CORRECT[1]).row("heldout_accuracy"),
+    store.add_eval_results(base, 0, [heldout_accuracy(0)])
+    store.add_eval_results(policy, 1, [heldout_accuracy(1),
                                        win_rate(WIN_OUTCOMES).row("win_rate_vs_previous", source="human")])
     for round_id, checkpoint in enumerate(rewards):
         store.add_eval_results(checkpoint, round_id, [accuracy(REWARD_CORRECT[round_id]).row("reward_accuracy")])
@@ -187,10 +197,11 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
     assert set(by_title) == {
         "",  # the two activity bar charts have no title
         "Held-out accuracy and win rate",
+        "Held-out accuracy by which answer was preferred",
         "Reward-model accuracy on held-out pairs",
         "Judgments per day by annotator",
         "train/loss | train/rewards/accuracies",  # one facet per TensorBoard tag
-    } and len(charts) == 6
+    } and len(charts) == 7
 
     # Accuracy, win rate and reward-model accuracy: a point per round and metric at the stored value, with its
     # interval drawn; the reward model, evaluated in both rounds, has a line and a band across them.
@@ -198,9 +209,14 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
         (0, "heldout_accuracy"): HELDOUT_CORRECT[0], (1, "heldout_accuracy"): HELDOUT_CORRECT[1],
         (1, "win_rate_vs_previous"): [{"win": 1, "tie": 0.5, "loss": 0}[o] for o in WIN_OUTCOMES],
         (0, "reward_accuracy"): REWARD_CORRECT[0], (1, "reward_accuracy"): REWARD_CORRECT[1],
+    } | {
+        (r, f"heldout_accuracy_chosen_{side}"): part
+        for r, correct in HELDOUT_CORRECT.items()
+        for side, part in (("longer", correct[:len(correct) // 2]), ("shorter", correct[len(correct) // 2:]))
     }
     drawn = {}
-    for title in ("Held-out accuracy and win rate", "Reward-model accuracy on held-out pairs"):
+    for title in ("Held-out accuracy and win rate", "Held-out accuracy by which answer was preferred",
+                  "Reward-model accuracy on held-out pairs"):
         chart = by_title[title]
         x_axis, y_axis = (next(a for a in chart["axes"] if a["label"].startswith(side)) for side in ("X-axis", "Y-axis"))
         assert "titled 'round'" in x_axis["label"] and "from 0 to 1" in x_axis["label"]

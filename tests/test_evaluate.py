@@ -404,7 +404,7 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     from streamlit.testing.v1 import AppTest
     from torch.utils.tensorboard import SummaryWriter
 
-    from labeler.eval_charts import ACCURACY_CAVEAT
+    from labeler.eval_charts import ACCURACY_CAVEAT, LENGTH_SPLIT, LENGTH_SPLIT_CAVEAT
 
     s = scenario
     judge_vs_previous(store, s)
@@ -426,10 +426,11 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     titles = [chart.get("title") or chart.get("spec", {}).get("title") for chart in charts]
     assert titles == [
         "Held-out accuracy and win rate",  # left column
+        "Reward-model accuracy on held-out pairs",
+        "Mean response length (length hacking shows here)",
+        "Held-out accuracy by which answer was preferred",  # right column
         "KL to the base model",
         "Reward-model score of each policy's held-out samples (what RL raises)",
-        "Reward-model accuracy on held-out pairs",  # right column
-        "Mean response length (length hacking shows here)",
         "Judgments per day by annotator",
         None,  # the training curves: one facet per TensorBoard tag
     ]
@@ -441,11 +442,20 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
     assert [c.value for c in app.caption].count(ACCURACY_CAVEAT) == 1  # under the accuracy chart only
-    assert sorted(row["round"] for row in chart_rows(elements[2], "metric")) == [0, 1]  # base and DPO samples
+    # Beside it, the same accuracy split by whether the preferred answer is the longer or the shorter: the stored
+    # parts of each round's figure, with their n.
+    stored = {(r["round_id"], LENGTH_SPLIT[side]): (part["value"], part["n"])
+              for r in store.list_eval_results() if r["metric"] == "heldout_accuracy"
+              for side, part in r["details"]["by_length"].items() if side in LENGTH_SPLIT}
+    split = chart_rows(elements[3], "metric")
+    assert {row["round"] for row in split} == {0, 1}
+    assert {(row["round"], row["metric"]): (row["value"], row["n"]) for row in split} == stored
+    assert [c.value for c in app.caption].count(LENGTH_SPLIT_CAVEAT) == 1
+    assert sorted(row["round"] for row in chart_rows(elements[5], "metric")) == [0, 1]  # base and DPO samples
     # In words, for the lead: the human vs-previous pairs say round 1 won 0.625 of 4, an interval that includes 50%.
     assert any("Round 1 is not measurably better than round 0" in m.value and "judged by human" in m.value
                for m in app.markdown)
-    curves = chart_rows(elements[6], "tag")
+    curves = chart_rows(elements[7], "tag")
     assert len(curves) == 10 and {row["tag"] for row in curves} == {"train/loss", "train/rewards/accuracies"}
     assert [m.label for m in app.metric] == ["Cohen's kappa", "Krippendorff's alpha"]
     assert app.selectbox[0].value == run
