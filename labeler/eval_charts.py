@@ -26,8 +26,8 @@ METRIC_LABELS = {
     "win_rate_vs_previous": "win rate vs previous round",
     "heldout_accuracy": "held-out preference accuracy (implicit reward vs base)",
     "heldout_accuracy_per_token": "held-out preference accuracy per token (length-normalised implicit reward)",
-    "heldout_accuracy_chosen_longer": "held-out accuracy, pairs whose preferred answer is the longer",
-    "heldout_accuracy_chosen_shorter": "held-out accuracy, pairs whose preferred answer is the shorter",
+    "heldout_accuracy_chosen_longer": "held-out accuracy (summed), pairs whose preferred answer is the longer",
+    "heldout_accuracy_chosen_shorter": "held-out accuracy (summed), pairs whose preferred answer is the shorter",
     "reward_accuracy": "reward-model accuracy",
     "kl_to_base": "KL to base (nats per response)",
     "response_length": "mean response length (tokens)",
@@ -40,7 +40,7 @@ ACCURACY_CAVEAT = (
     "got better, the accuracy whether the model ranks old pairs as the annotators did."
 )
 LENGTH_SPLIT_CAVEAT = (
-    "The same accuracy on two parts of the held-out pairs: those whose preferred answer is the longer one, and those "
+    "The summed accuracy on two parts of the held-out pairs: those whose preferred answer is the longer one, and those "
     "where it is the shorter one. Far from the base model the summed implicit reward also ranks by length. When one "
     "line falls while the other rises, that drift moves the overall figure, not the labels."
 )
@@ -54,10 +54,11 @@ def eval_frame(store: Store) -> pd.DataFrame:
     """One row per stored metric with the checkpoint's kind and a series name (metric · kind) to draw it by, and a row
     for each part of a held-out accuracy's split by length (LENGTH_SPLIT)."""
     results = store.list_eval_results()
-    rows = [row for row in result_rows(results) if row["value"] is not None]
+    flat = result_rows(results)
+    rows = [row for row in flat if row["value"] is not None]
     rows += [
         dict(row, metric=LENGTH_SPLIT[side], **{k: part[k] for k in ("value", "ci_low", "ci_high", "n")})
-        for result, row in zip(results, result_rows(results))
+        for result, row in zip(results, flat)
         if result["metric"] == "heldout_accuracy"
         for side, part in result["details"].get("by_length", {}).items()
         if side in LENGTH_SPLIT and part["value"] is not None
@@ -100,7 +101,7 @@ def model_quality(store: Store) -> None:
     charts = [
         (["heldout_accuracy", "heldout_accuracy_per_token", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"],
          "Held-out accuracy and win rate", 0.5, ACCURACY_CAVEAT),
-        (list(LENGTH_SPLIT.values()), "Held-out accuracy by which answer was preferred", 0.5, LENGTH_SPLIT_CAVEAT),
+        (list(LENGTH_SPLIT.values()), "Held-out accuracy (summed) by which answer was preferred", 0.5, LENGTH_SPLIT_CAVEAT),
         (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5, None),
         (["kl_to_base"], "KL to the base model", None, None),
         (["response_length"], "Mean response length (length hacking shows here)", None, None),

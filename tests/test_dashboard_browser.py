@@ -197,7 +197,7 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
     assert set(by_title) == {
         "",  # the two activity bar charts have no title
         "Held-out accuracy and win rate",
-        "Held-out accuracy by which answer was preferred",
+        "Held-out accuracy (summed) by which answer was preferred",
         "Reward-model accuracy on held-out pairs",
         "Judgments per day by annotator",
         "train/loss | train/rewards/accuracies",  # one facet per TensorBoard tag
@@ -215,7 +215,7 @@ def test_dashboard_shows_two_rounds_of_charts_and_label_quality(server, new_page
         for side, part in (("longer", correct[:len(correct) // 2]), ("shorter", correct[len(correct) // 2:]))
     }
     drawn = {}
-    for title in ("Held-out accuracy and win rate", "Held-out accuracy by which answer was preferred",
+    for title in ("Held-out accuracy and win rate", "Held-out accuracy (summed) by which answer was preferred",
                   "Reward-model accuracy on held-out pairs"):
         chart = by_title[title]
         x_axis, y_axis = (next(a for a in chart["axes"] if a["label"].startswith(side)) for side in ("X-axis", "Y-axis"))

@@ -428,7 +428,7 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
         "Held-out accuracy and win rate",  # left column
         "Reward-model accuracy on held-out pairs",
         "Mean response length (length hacking shows here)",
-        "Held-out accuracy by which answer was preferred",  # right column
+        "Held-out accuracy (summed) by which answer was preferred",  # right column
         "KL to the base model",
         "Reward-model score of each policy's held-out samples (what RL raises)",
         "Judgments per day by annotator",

@@ -10,7 +10,7 @@ import pytest
 from training.cli import main
 from training.config import build
 from training.loop.judges import contains_word, label_with_judge, load_judge, shorter
-from training.loop.loop_report import TABLE_METRICS, rows_from_summary
+from training.loop.loop_report import TABLE_METRICS, format_length_table, rows_from_summary
 from training.loop.loop_sim import LoopConfig, run_loop
 from training.metrics import Estimate, format_estimate
 
@@ -42,6 +42,19 @@ def prefers_alphabetical_start(messages, response_a, response_b):
     if first_a == first_b:
         return "tie", None
     return ("a" if first_a < first_b else "b"), "clear"
+
+
+def test_the_reports_length_table_is_left_out_without_the_split_and_marks_missing_parts():
+    part = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}
+
+    def row(round_id, by_length):
+        accuracy = None if by_length is None else dict(part, details={"by_length": by_length})
+        return {"round": round_id, "checkpoint": round_id + 1, "heldout_accuracy": accuracy,
+                "heldout_accuracy_per_token": None}
+
+    assert format_length_table([row(0, None), row(1, {})]) == ""  # results from before the split, or none at all
+    lines = format_length_table([row(0, None), row(1, {"chosen_shorter": part})]).splitlines()
+    assert lines[2:] == ["| 0 | – | – | – | – |", "| 1 | – | 0.500 [0.400, 0.600] n=10 | – | – |"]
 
 
 def test_builtin_judges_and_loading():
@@ -148,11 +161,18 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert sum(part["value"] * part["n"] for part in per_token_by_length.values()) == pytest.approx(
         per_token["value"] * per_token["n"])
     assert "held-out accuracy per token" in report
-    # The Markdown report shows the split too, with each part's n: a lead can see a length drift without the JSON.
-    shorter = by_length["chosen_shorter"]
-    cell = format_estimate(Estimate(shorter["value"], shorter["low"], shorter["high"], shorter["n"]))
-    split_rows = [line for line in report.splitlines() if line.startswith("| 2 |") and cell in line]
-    assert "summed, preferred answer the shorter" in report and len(split_rows) == 1, report
+    # The Markdown report shows the split too, each part with its n: a lead can see a length drift without the JSON.
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| round | summed, preferred answer the longer"))
+    last_split = next(line for line in lines[header:] if line.startswith("| 2 |"))
+
+    def cell(part):
+        return format_estimate(Estimate(part["value"], part["low"], part["high"], part["n"])) if part else "–"
+
+    expected = [cell(summary["per_round"][-1][key].get(side))
+                for key in ("heldout_accuracy_by_length", "heldout_accuracy_per_token_by_length")
+                for side in ("chosen_longer", "chosen_shorter")]
+    assert last_split == "| 2 | " + " | ".join(expected) + " |", report
     # The summary holds what its plot was drawn from: `prefloop loop-plot` redraws it from the JSON alone.
     fields = ("value", "ci_low", "ci_high", "n")
     assert [{m: r[m] and tuple(r[m][f] for f in fields) for m, _ in TABLE_METRICS} for r in rows_from_summary(summary)] \

@@ -77,8 +77,8 @@ class DPOTrainConfig(TrainConfig):
     ld_alpha: float | None = opt(
         None,
         "LD-DPO: weight in [0, 1] of each response's tokens past the shorter response's length, in the policy's and "
-        "the reference's log-probs (0: compare the shared length only); none: plain sums. Makes the implicit reward "
-        "less sensitive to length, which far from the base model drifts with it (docs/loop.md)",
+        "the reference's log-probs (0: compare the shared length only); unset (the default): plain sums. Makes the "
+        "implicit reward less sensitive to length, which far from the base model drifts with it (docs/loop.md)",
     )
     reference: str = opt(
         "parent",

@@ -10,7 +10,7 @@ the export's folder, and read back by every later run on the same export and ref
 TRL has `precompute_ref_log_probs` for this, but keys its cache by hashing the whole model (sha256 of every weight
 copied to the CPU in float32: 30 GB and about a minute for a 7B model; more memory than the machine has for 32B).
 Here the key names what the log-probs depend on: the export, the reference (base model and adapter), how sequences
-are cut, and the numerics (backend, dtype, LM head). Each row's token counts are stored with the values, so a cache
+are cut, the numerics (backend, dtype, LM head), and LD-DPO's tail weight when set. Each row's token counts are stored with the values, so a cache
 that does not match the tokenized data is recomputed, never used.
 
 When it pays: a one-epoch run does the same reference forwards either way (in one pass before training, with less
@@ -81,7 +81,8 @@ def with_reference_logps(trainer, dataset, path: Path | None, batch_size: int):
 
 
 def reference_logps(trainer, dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed reference log-probs of each pair's chosen and rejected completion, as TRL's loss computes them
+    """Reference log-probs of each pair's chosen and rejected completion, summed (with LD-DPO's tail weight when the
+    run sets one) as TRL's loss computes them
     (trainer.compute_ref_log_probs: the "ref" adapter, or none, without gradients, under the trainer's autocast)."""
     from tqdm.auto import tqdm
 

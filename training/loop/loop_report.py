@@ -65,9 +65,8 @@ def format_length_table(rows: list[dict]) -> str:
     where it is the shorter one, per round; empty when no result holds the split. Far from the base model every
     token's log-ratio drifts, so the summed implicit reward also ranks by length: under a judge whose preferred
     answers are mostly the longer ones its accuracy can fall while the win rate rises (docs/loop.md)."""
-    def split(row, metric, side):
-        found = ((row[metric] or {}).get("details") or {}).get("by_length", {}).get(side)
-        return found and {"value": found["value"], "ci_low": found["ci_low"], "ci_high": found["ci_high"], "n": found["n"]}
+    def split(row, metric, side):  # the part as a stored result (value, ci_low, ci_high, n), or None
+        return ((row[metric] or {}).get("details") or {}).get("by_length", {}).get(side)
 
     columns = [(metric, side, f"{form}, preferred answer {title}")
                for metric, form in (("heldout_accuracy", "summed"), ("heldout_accuracy_per_token", "per token"))
@@ -156,16 +155,17 @@ def write_report(
     if evaluating_to is not None:
         ending += (f"\n**So far:** rounds 0 to {rows[-1]['round']} of 0 to {evaluating_to} are evaluated. A rerun "
                    f"of the same loop-sim command goes on with the rest.\n")
-    by_length = format_length_table(rows)
-    if by_length:
-        by_length = ("\nHeld-out preference accuracy by which answer the judge preferred. Far from the base model the "
-                     "summed log-ratio also ranks by length: a column that falls while the other rises is that drift, "
-                     f"not the judge's property.\n\n{by_length}\n")
+    length_table = format_length_table(rows)
+    length_section = (
+        "\nHeld-out preference accuracy by which answer the judge preferred. Far from the base model the summed "
+        "log-ratio also ranks by length: a column that falls while the other rises is that drift, not the judge's "
+        f"property.\n\n{length_table}\n"
+    ) if length_table else ""
     (report_dir / f"{config.name}.md").write_text(
         f"# {config.name}\n\nJudge `{config.judge}`, noise {config.noise}, {config.rounds} rounds of "
         f"{config.pairs_per_round} train pairs. 95% bootstrap intervals (by prompt for the sample-based figures) in "
         f"brackets, n = the pairs or responses behind each figure. Stages took {total:.0f} s.\n\n{table}\n\n"
-        f"{verdict(rows)}\n{by_length}{ending}"
+        f"{verdict(rows)}\n{length_section}{ending}"
     )
     (report_dir / f"{config.name}.json").write_text(
         json.dumps(summary(config, state, rows, stopped, evaluating_to), indent=2, default=str)
