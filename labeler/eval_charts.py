@@ -101,7 +101,8 @@ def model_quality(store: Store) -> None:
     charts = [
         (["heldout_accuracy", "heldout_accuracy_per_token", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"],
          "Held-out accuracy and win rate", 0.5, ACCURACY_CAVEAT),
-        (list(LENGTH_SPLIT.values()), "Held-out accuracy (summed) by which answer was preferred", 0.5, LENGTH_SPLIT_CAVEAT),
+        (list(LENGTH_SPLIT.values()), "Held-out accuracy (summed) by which answer was preferred", 0.5,
+         LENGTH_SPLIT_CAVEAT),
         (["reward_accuracy"], "Reward-model accuracy on held-out pairs", 0.5, None),
         (["kl_to_base"], "KL to the base model", None, None),
         (["response_length"], "Mean response length (length hacking shows here)", None, None),

@@ -106,7 +106,7 @@ class DPOTrainConfig(TrainConfig):
         if self.reference not in ("parent", "base"):
             raise ValueError(f"reference must be parent or base, not {self.reference!r}")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
-            raise ValueError(f"ld_alpha must be in [0, 1] (or none), not {self.ld_alpha}")
+            raise ValueError(f"ld_alpha must be in [0, 1] (or unset), not {self.ld_alpha}")
         if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(
                 f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss_type "

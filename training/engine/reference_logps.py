@@ -10,8 +10,8 @@ the export's folder, and read back by every later run on the same export and ref
 TRL has `precompute_ref_log_probs` for this, but keys its cache by hashing the whole model (sha256 of every weight
 copied to the CPU in float32: 30 GB and about a minute for a 7B model; more memory than the machine has for 32B).
 Here the key names what the log-probs depend on: the export, the reference (base model and adapter), how sequences
-are cut, the numerics (backend, dtype, LM head), and LD-DPO's tail weight when set. Each row's token counts are stored with the values, so a cache
-that does not match the tokenized data is recomputed, never used.
+are cut, the numerics (backend, dtype, LM head), and LD-DPO's tail weight when set. Each row's token counts are
+stored with the values, so a cache that does not match the tokenized data is recomputed, never used.
 
 When it pays: a one-epoch run does the same reference forwards either way (in one pass before training, with less
 padding); more epochs, a resumed run, another run on the same export and parent (another beta, learning rate or

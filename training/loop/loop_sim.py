@@ -144,6 +144,7 @@ def run_loop(store: Store, config: LoopConfig, log=print) -> list[dict]:
         except LoopError as exc:
             stopped = exc
             break
+
     def report_so_far(r: int, last: int) -> None:
         # A run cut during the evaluation (a GPU call's time limit) still leaves the figures it measured.
         if r < last:
