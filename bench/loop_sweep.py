@@ -86,18 +86,20 @@ def cell(result: dict | None) -> str:
 
 def row_of(name: str, summary: dict | None, code: int | None) -> str:
     if summary is None:
-        return f"| {name} | {'running' if code is None else f'exit {code}'} | | | | | | |"
+        return f"| {name} | {'running' if code is None else f'exit {code}'} | | | | | | | |"
     if summary.get("partial"):  # cut in the evaluation: the rounds evaluated so far
         name += f" (rounds 0-{summary['rounds_evaluated']} of 0-{summary['rounds']} so far)"
     rounds = summary["per_round"]
     accuracy = " / ".join(f"{r['heldout_accuracy']['value']:.2f}" for r in rounds[1:] if r["heldout_accuracy"])
     per_token = " / ".join(f"{r['heldout_accuracy_per_token']['value']:.2f}" for r in rounds[1:]
                            if r.get("heldout_accuracy_per_token"))
+    vs_reference = " / ".join(f"{r['heldout_accuracy_vs_reference']['value']:.2f}" for r in rounds[1:]
+                              if r.get("heldout_accuracy_vs_reference"))
     kl = " / ".join(f"{r['kl_to_base']['value']:.2f}" for r in rounds[1:] if r["kl_to_base"])
     length = " / ".join(f"{r['response_length']['value']:.0f}" for r in rounds if r["response_length"])
     seconds = sum(summary["seconds"].values())
     return (f"| {name} | {cell(summary['win_rate_vs_round0'])} | {cell(summary['win_rate_vs_previous'])} | "
-            f"{accuracy} | {per_token} | {kl} | {length} | {seconds:.0f} |")
+            f"{accuracy} | {per_token} | {vs_reference} | {kl} | {length} | {seconds:.0f} |")
 
 
 def main() -> int:
@@ -146,8 +148,8 @@ def main() -> int:
     time.sleep(3)
 
     summaries, lines = {}, [
-        "| loop | win rate vs round 0 | vs previous round | held-out acc. rounds 1.. | per token | KL rounds 1.. "
-        "| length rounds 0.. | seconds |", "|" + " --- |" * 8,
+        "| loop | win rate vs round 0 | vs previous round | held-out acc. rounds 1.. | per token | vs reference "
+        "| KL rounds 1.. | length rounds 0.. | seconds |", "|" + " --- |" * 9,
     ]
     for name, process in loops.items():
         path = args.work / name / "reports" / f"{name}.json"

@@ -26,6 +26,7 @@ METRIC_LABELS = {
     "win_rate_vs_previous": "win rate vs previous round",
     "heldout_accuracy": "held-out preference accuracy (implicit reward vs base)",
     "heldout_accuracy_per_token": "held-out preference accuracy per token (length-normalised implicit reward)",
+    "heldout_accuracy_vs_reference": "held-out preference accuracy vs the round's reference (DPO's own reward)",
     "heldout_accuracy_chosen_longer": "held-out accuracy (summed), pairs whose preferred answer is the longer",
     "heldout_accuracy_chosen_shorter": "held-out accuracy (summed), pairs whose preferred answer is the shorter",
     "reward_accuracy": "reward-model accuracy",
@@ -37,7 +38,8 @@ METRIC_LABELS = {
 ACCURACY_CAVEAT = (
     "Held-out accuracy orders the judged held-out pairs by each model's implicit reward against the base model. Tens "
     "of nats from the base model it can stall or fall while the win rate rises: the win rate says whether answers "
-    "got better, the accuracy whether the model ranks old pairs as the annotators did."
+    "got better, the accuracy whether the model ranks old pairs as the annotators did. Against the round's reference "
+    "(the model its DPO was pulled towards: the previous round) it is DPO's own reward, a round's distance away."
 )
 LENGTH_SPLIT_CAVEAT = (
     "The summed accuracy on two parts of the held-out pairs: those whose preferred answer is the longer one, and those "
@@ -99,7 +101,8 @@ def model_quality(store: Store) -> None:
         return
     st.markdown(last_round_verdict(frame))
     charts = [
-        (["heldout_accuracy", "heldout_accuracy_per_token", *WIN_RATES_VS_PREVIOUS, "judge_win_rate_vs_round0"],
+        (["heldout_accuracy", "heldout_accuracy_per_token", "heldout_accuracy_vs_reference", *WIN_RATES_VS_PREVIOUS,
+          "judge_win_rate_vs_round0"],
          "Held-out accuracy and win rate", 0.5, ACCURACY_CAVEAT),
         (list(LENGTH_SPLIT.values()), "Held-out accuracy (summed) by which answer was preferred", 0.5,
          LENGTH_SPLIT_CAVEAT),

@@ -62,13 +62,13 @@ def add_pair(store, prompt_id, texts, checkpoints, round_id, strategy):
     return pair_id
 
 
-def make_adapter(tiny_model_dir, directory, sequence_classification=False):
+def make_adapter(tiny_model_dir, directory, sequence_classification=False, seed=1):
     """A LoRA adapter with random (non-zero) weights, so the adapted model differs from its base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     if sequence_classification:
         model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
         task = "SEQ_CLS"
@@ -238,11 +238,12 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     for (checkpoint_id, metric), row in results.items():
         by_round.setdefault(row["round_id"], set()).add((checkpoint_id, metric))
     assert by_round == {
-        0: {(s["base"], m) for m in ("heldout_accuracy", "heldout_accuracy_per_token", "response_length",
-                                     "heldout_reward", "kl_to_base")},
+        0: {(s["base"], m) for m in ("heldout_accuracy", "heldout_accuracy_per_token", "heldout_accuracy_vs_reference",
+                                     "response_length", "heldout_reward", "kl_to_base")},
         1: {
             (s["dpo"], "heldout_accuracy"),
             (s["dpo"], "heldout_accuracy_per_token"),
+            (s["dpo"], "heldout_accuracy_vs_reference"),
             (s["dpo"], "response_length"),
             (s["dpo"], "heldout_reward"),
             (s["dpo"], "kl_to_base"),
@@ -256,6 +257,11 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
     assert (results[(s["base"], "kl_to_base")]["value"], results[(s["base"], "kl_to_base")]["ci_high"]) == (0.0, 0.0)
     assert results[(s["base"], "heldout_accuracy")]["value"] == 0.5
     assert results[(s["base"], "heldout_accuracy_per_token")]["value"] == 0.5
+    # A DPO run whose parent is the base model was pulled towards the base: both figures are the same one.
+    vs_reference = results[(s["dpo"], "heldout_accuracy_vs_reference")]
+    assert vs_reference["details"]["reference"] == {"base_model": str(tiny_model_dir), "adapter_path": None}
+    assert {k: vs_reference[k] for k in ("value", "n")} == {k: results[(s["dpo"], "heldout_accuracy")][k]
+                                                           for k in ("value", "n")}
 
     # Held-out accuracy recomputed one pair at a time with unpadded, unmerged models: the implicit reward against the
     # base model, an exact tie counting 1/2.
@@ -322,6 +328,58 @@ def test_eval_all_writes_one_row_set_per_round(store, scenario, db_path, tiny_mo
 
 def scenario_adapter(store, s):
     return store.get_checkpoint(s["dpo"])["adapter_path"]
+
+
+def test_accuracy_against_the_training_reference(store, scenario, tiny_model_dir, tmp_path):
+    """A second round's DPO continues the first's checkpoint and is pulled towards it: its held-out accuracy against
+    that reference is the reward its training defined. One that did not move ties every pair (no change, none shown)
+    while its accuracy against the base is its parent's; one that moved is recomputed by hand; `reference: base`
+    measures against the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.loop.evaluation import EvalConfig, Evaluator, spec_of
+
+    s = scenario
+    parent_adapter = scenario_adapter(store, s)
+    unmoved = store.register_checkpoint("dpo", str(tiny_model_dir), parent_adapter, round_id=1, parent_id=s["dpo"],
+                                        config={"beta": 0.2})  # stored before `reference` existed: the parent
+    moved_dir = make_adapter(tiny_model_dir, tmp_path / "moved", seed=2)
+    moved = store.register_checkpoint("dpo", str(tiny_model_dir), moved_dir, round_id=1, parent_id=s["dpo"],
+                                      config={"beta": 0.2, "reference": "parent"})
+    to_base = store.register_checkpoint("dpo", str(tiny_model_dir), moved_dir, round_id=1, parent_id=s["dpo"],
+                                        config={"beta": 0.2, "reference": "base"})
+    evaluator = Evaluator(store, EvalConfig(bootstrap=100))
+
+    def rows(checkpoint_id):
+        checkpoint = evaluator.checkpoints[checkpoint_id]
+        found = evaluator.heldout_accuracy(checkpoint, spec_of(checkpoint), evaluator.base_spec(checkpoint))
+        return {row["metric"]: row for row in found}
+
+    parent, same = rows(s["dpo"]), rows(unmoved)
+    assert same["heldout_accuracy_vs_reference"]["value"] == 0.5  # every pair an exact tie
+    assert same["heldout_accuracy_vs_reference"]["details"]["mean_margin"] == 0
+    assert same["heldout_accuracy_vs_reference"]["details"]["reference"]["adapter_path"] == parent_adapter
+    assert same["heldout_accuracy"]["value"] == parent["heldout_accuracy"]["value"]
+    assert same["heldout_accuracy"]["details"]["mean_margin"] != 0
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    child = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), moved_dir)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), parent_adapter)
+    margins = []
+    for pair in evaluator.pairs:
+        (cc, _), (cr, _) = (manual_logps(child, tokenizer, pair["messages"], pair[k]) for k in ("chosen", "rejected"))
+        (rc, _), (rr, _) = (manual_logps(reference, tokenizer, pair["messages"], pair[k])
+                            for k in ("chosen", "rejected"))
+        margins.append((cc - rc) - (cr - rr))
+    result = rows(moved)["heldout_accuracy_vs_reference"]
+    assert 0 < sum(m > 0 for m in margins) < len(margins)  # some pairs right, some wrong: the figure can move
+    assert (result["value"], result["n"]) == (pytest.approx(sum(m > 0 for m in margins) / len(margins)), len(margins))
+    assert result["details"]["mean_margin"] == pytest.approx(0.2 * sum(margins) / len(margins), abs=1e-4)
+
+    pinned = rows(to_base)
+    assert pinned["heldout_accuracy_vs_reference"]["details"]["reference"]["adapter_path"] is None
+    assert pinned["heldout_accuracy_vs_reference"]["value"] == pinned["heldout_accuracy"]["value"]
 
 
 def test_win_rate_falls_back_to_the_reward_model(store, scenario, db_path):
@@ -437,8 +495,9 @@ def test_eval_section_renders_two_rounds(store, scenario, db_path, tmp_path):
     # Every chart carries its data: the accuracy chart has both rounds' points with their intervals.
     accuracy = chart_rows(elements[0], "metric")
     assert sorted({(row["round"], row["metric"]) for row in accuracy}) == [
-        (0, "heldout_accuracy"), (0, "heldout_accuracy_per_token"), (1, "heldout_accuracy"),
-        (1, "heldout_accuracy_per_token"), (1, "win_rate_vs_previous")
+        (0, "heldout_accuracy"), (0, "heldout_accuracy_per_token"), (0, "heldout_accuracy_vs_reference"),
+        (1, "heldout_accuracy"), (1, "heldout_accuracy_per_token"), (1, "heldout_accuracy_vs_reference"),
+        (1, "win_rate_vs_previous")
     ]
     assert all(row["ci_low"] <= row["value"] <= row["ci_high"] for row in accuracy)
     assert [c.value for c in app.caption].count(ACCURACY_CAVEAT) == 1  # under the accuracy chart only

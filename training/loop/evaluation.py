@@ -19,6 +19,11 @@ Metrics stored per checkpoint (and the round it belongs to) in `eval_results`:
                         base model every token's log-ratio drifts, so the sum also ranks by length: a judge whose
                         preferred answers are the longer ones sees the summed accuracy fall while this one rises
                         (docs/loop.md). The two side by side, with `by_length`, say which it is.
+  heldout_accuracy_vs_reference  the same summed implicit reward against the model this checkpoint's DPO was pulled
+                        towards: its parent under `reference: parent` (dpo.py's default; in the loop the previous
+                        round), else the base model. This is the reward DPO defines and TRL's eval accuracy reports: what
+                        the round's own training learned from the labels so far, a round away from its reference instead
+                        of the whole lineage's distance from the base model (the drift above grows with that distance).
   win_rate_vs_previous  win rate over the model of the round the checkpoint was trained on (ties count 1/2): from
                         the final labels of held-out 'vs-previous' pairs when there are any, otherwise both models
                         sample k responses per held-out prompt and the newest reward model judges each pair.
@@ -253,6 +258,14 @@ class Evaluator:
         previous = self.checkpoints.get(previous_id)
         return previous if previous is not None and previous["id"] != checkpoint["id"] else None
 
+    def training_reference(self, checkpoint: dict, base: Spec) -> Spec:
+        """The model DPO pulled this checkpoint towards: its parent under `reference: parent` (the default, also for
+        checkpoints stored before the option existed), else (`reference: base`, other kinds, a root) the base model."""
+        parent = self.checkpoints.get(checkpoint["parent_id"])
+        if checkpoint["kind"] != "dpo" or parent is None or checkpoint["config"].get("reference", "parent") != "parent":
+            return base
+        return spec_of(parent)
+
     def latest_reward(self) -> dict | None:
         rewards = [c for c in self.checkpoints.values() if c["kind"] == "reward"]
         return max(rewards, key=lambda c: c["id"]) if rewards else None
@@ -332,8 +345,9 @@ class Evaluator:
         return rows
 
     def heldout_accuracy(self, checkpoint: dict, spec: Spec, base: Spec) -> list[dict]:
-        """Two rows: the accuracy of DPO's implicit reward (summed log-ratio) and of its per-token mean."""
-        base_chosen, base_rejected = self.pair_logps(base)
+        """Three rows: the accuracy of the implicit reward against the base model (summed log-ratio, and its per-token
+        mean), and of the summed one against the checkpoint's training reference."""
+        reference = self.training_reference(checkpoint, base)
         chosen, rejected = self.pair_logps(spec, base)
         beta = float(checkpoint["config"].get("beta", self.config.beta))
         # Length check: a policy far from the base scores every base-like token higher or lower, so the summed
@@ -345,11 +359,13 @@ class Evaluator:
         # lead can tell a model that orders the newest answers worse from one that forgets the oldest.
         pair_rounds = [pair["round_id"] for pair in self.pairs]
         rows = []
-        for metric, per_token in (("heldout_accuracy", False), ("heldout_accuracy_per_token", True)):
-            margins = implicit_reward_margins(chosen, base_chosen, rejected, base_rejected, per_token)
+        for metric, against, per_token in (("heldout_accuracy", base, False), ("heldout_accuracy_per_token", base, True),
+                                           ("heldout_accuracy_vs_reference", reference, False)):
+            against_chosen, against_rejected = self.pair_logps(against, base)  # cached: loaded once per model
+            margins = implicit_reward_margins(chosen, against_chosen, rejected, against_rejected, per_token)
             outcomes = [ordering(m) for m in margins]
             rows.append(self.estimate(outcomes).row(
-                metric, beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=base._asdict(),
+                metric, beta=beta, mean_margin=beta * sum(margins) / len(margins), reference=against._asdict(),
                 by_pair_round=self.by_group(pair_rounds, outcomes), by_length=self.by_group(longer, outcomes),
             ))
         return rows

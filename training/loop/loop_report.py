@@ -20,6 +20,7 @@ TABLE_METRICS = [
     ("judge_win_rate_vs_previous", "win rate vs previous round (judge)"),
     ("heldout_accuracy", "held-out preference accuracy"),
     ("heldout_accuracy_per_token", "held-out accuracy per token"),
+    ("heldout_accuracy_vs_reference", "held-out accuracy vs the round's reference"),
     ("kl_to_base", "KL to base (nats/response)"),
     ("response_length", "length (tokens)"),
 ]
@@ -127,7 +128,8 @@ def summary(config, state, rows: list[dict], stopped: str | None = None, evaluat
             | {metric: interval(row[metric]) for metric, _ in TABLE_METRICS}
             | {"heldout_accuracy_by_pair_round": accuracy_by_pair_round(row["heldout_accuracy"]),
                "heldout_accuracy_by_length": accuracy_by_length(row["heldout_accuracy"]),
-               "heldout_accuracy_per_token_by_length": accuracy_by_length(row["heldout_accuracy_per_token"])}
+               "heldout_accuracy_per_token_by_length": accuracy_by_length(row["heldout_accuracy_per_token"]),
+               "heldout_accuracy_vs_reference_by_length": accuracy_by_length(row["heldout_accuracy_vs_reference"])}
             for row in rows
         ],
         "training": {
