@@ -161,6 +161,15 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert sum(part["value"] * part["n"] for part in per_token_by_length.values()) == pytest.approx(
         per_token["value"] * per_token["n"])
     assert "held-out accuracy per token" in report
+    # Against each round's training reference: round 1 was pulled towards the base model (the same figure), round 2
+    # towards round 1's checkpoint.
+    vs_reference = [row["heldout_accuracy_vs_reference"] for row in rows]
+    assert (vs_reference[1]["value"], vs_reference[1]["n"]) == (rows[1]["heldout_accuracy"]["value"], overall["n"])
+    round1_adapter = store.get_checkpoint(rows[1]["checkpoint"])["adapter_path"]
+    assert round1_adapter and vs_reference[2]["details"]["reference"]["adapter_path"] == round1_adapter
+    assert vs_reference[2]["value"] != rows[2]["heldout_accuracy"]["value"] or \
+        vs_reference[2]["details"]["mean_margin"] != rows[2]["heldout_accuracy"]["details"]["mean_margin"]
+    assert "held-out accuracy vs the round's reference" in report
     # The Markdown report shows the split too, each part with its n: a lead can see a length drift without the JSON.
     lines = report.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| round | summed, preferred answer the longer"))
