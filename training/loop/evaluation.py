@@ -21,9 +21,9 @@ Metrics stored per checkpoint (and the round it belongs to) in `eval_results`:
                         (docs/loop.md). The two side by side, with `by_length`, say which it is.
   heldout_accuracy_vs_reference  the same summed implicit reward against the model this checkpoint's DPO was pulled
                         towards: its parent under `reference: parent` (dpo.py's default; in the loop the previous
-                        round), else the base model. This is the reward DPO defines and TRL's eval accuracy reports: what
-                        the round's own training learned from the labels so far, a round away from its reference instead
-                        of the whole lineage's distance from the base model (the drift above grows with that distance).
+                        round), else the base model. This is the reward DPO defines and TRL's eval accuracy reports:
+                        what the round's own training learned from the labels so far, one round's distance from its
+                        reference instead of the whole lineage's from the base model (the drift above grows with it).
   win_rate_vs_previous  win rate over the model of the round the checkpoint was trained on (ties count 1/2): from
                         the final labels of held-out 'vs-previous' pairs when there are any, otherwise both models
                         sample k responses per held-out prompt and the newest reward model judges each pair.
@@ -359,8 +359,9 @@ class Evaluator:
         # lead can tell a model that orders the newest answers worse from one that forgets the oldest.
         pair_rounds = [pair["round_id"] for pair in self.pairs]
         rows = []
-        for metric, against, per_token in (("heldout_accuracy", base, False), ("heldout_accuracy_per_token", base, True),
-                                           ("heldout_accuracy_vs_reference", reference, False)):
+        forms = (("heldout_accuracy", base, False), ("heldout_accuracy_per_token", base, True),
+                 ("heldout_accuracy_vs_reference", reference, False))
+        for metric, against, per_token in forms:
             against_chosen, against_rejected = self.pair_logps(against, base)  # cached: loaded once per model
             margins = implicit_reward_margins(chosen, against_chosen, rejected, against_rejected, per_token)
             outcomes = [ordering(m) for m in margins]

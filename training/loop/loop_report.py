@@ -205,12 +205,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     panels = [
-        (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous", "heldout_accuracy", "heldout_accuracy_per_token"),
-         "share", axes[0]),
-        (("kl_to_base",), "nats per response", axes[1]),
-        (("response_length",), "tokens", axes[2]),
+        (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous"), "win rate", axes[0]),
+        (("heldout_accuracy", "heldout_accuracy_per_token", "heldout_accuracy_vs_reference"), "held-out accuracy",
+         axes[1]),
+        (("kl_to_base",), "nats per response", axes[2]),
+        (("response_length",), "tokens", axes[3]),
     ]
     titles = dict(TABLE_METRICS)
     for metrics, unit, ax in panels:
@@ -228,7 +229,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_ylabel(unit)
         ax.set_xticks([row["round"] for row in rows])
         ax.legend(fontsize=7)
-    axes[0].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    for ax in axes[:2]:
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
