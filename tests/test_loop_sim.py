@@ -197,6 +197,11 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     assert steps == [LoopConfig().dpo_steps] * 2 == [48, 48]  # loop-sim's own step budget reached training
     generated = state["stages"]["round-0/generate-train"]
     assert generated["prompts"] > 0 and generated["responses"] == 8 * generated["prompts"]  # loop-sim's k
+    # Without a reward model, round 1's train pairs are its DPO checkpoint's implicit-reward extremes; held-out pairs
+    # are never picked by a model.
+    assert [state["stages"][f"round-{r}/generate-{split}"]["selection"] for r in (0, 1) for split in ("train", "heldout")
+            ] == ["most-different", "most-different", "implicit-extremes", "most-different"]
+    assert "reward-model accuracy" not in report  # no reward model, no column of dashes
 
     # Every judgment went through the store as the simulated annotator; a rerun finds every stage finished.
     sim = store.get_annotator("sim:shorter")
@@ -204,6 +209,51 @@ def test_the_loop_makes_the_model_better_under_the_judge(store, chat_model_dir, 
     checkpoints_before = len(store.list_checkpoints())
     assert run_loop(store, config, log=lambda *_: None) == rows
     assert len(store.list_checkpoints()) == checkpoints_before
+
+
+@pytest.mark.slow
+def test_a_loop_with_a_reward_model_picks_pairs_by_it_and_reports_its_accuracy(store, chat_model_dir, tmp_path,
+                                                                               monkeypatch):
+    """`reward_model`: each round's labels train a reward model before the DPO run; the next round's train pairs are
+    its best against its worst sample, and round r's report row holds the held-out accuracy of the model of rounds
+    0..r-1's labels, the figure a by-hand scoring of the stored held-out pairs gives."""
+    import yaml
+
+    from training.engine.reward_scoring import load_reward_model, score_responses
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL", str(chat_model_dir))
+    (tmp_path / "reward.yaml").write_text(yaml.safe_dump(dict(
+        per_device_train_batch_size=8, gradient_accumulation_steps=1, max_length=256, learning_rate=1e-3,
+        num_train_epochs=2, report_to=["none"])))
+    config = build(LoopConfig, None, dict(
+        name="rm-loop", rounds=2, judge="training.loop.judges:shorter", prompts_file=str(SEEDS), pairs_per_round=24,
+        heldout_pairs=16, health_prompts=8, dpo_steps=8, reward_model=True, reward_config=str(tmp_path / "reward.yaml"),
+        report_dir=str(tmp_path / "reports"), **scaled_down_recipe(tmp_path),
+    ))
+    rows = run_loop(store, config, log=lambda *_: None)
+
+    state = json.loads((tmp_path / "reports" / "rm-loop.state.json").read_text())["stages"]
+    reward_models = [store.get_checkpoint(state[f"round-{r}/reward"]["checkpoint_id"]) for r in (0, 1)]
+    assert [c["kind"] for c in reward_models] == ["reward", "reward"]
+    assert [c["round_id"] for c in reward_models] == [state[f"round-{r}/start"]["round"] for r in (0, 1)]
+    assert [state[f"round-{r}/generate-{split}"]["selection"] for r in (0, 1) for split in ("train", "heldout")] == [
+        "most-different", "most-different", "reward-extremes", "most-different"]
+
+    pairs = store.heldout_preference_pairs(512)
+    assert rows[0]["reward_accuracy"] is None  # no labels before round 0
+    for r, reward in ((1, reward_models[0]), (2, reward_models[1])):
+        model, tokenizer = load_reward_model(reward)
+        chosen, rejected = (score_responses(model, tokenizer, [p["messages"] for p in pairs], [p[side] for p in pairs],
+                                            batch_size=4) for side in ("chosen", "rejected"))
+        result = rows[r]["reward_accuracy"]
+        assert result["checkpoint_id"] == reward["id"]
+        assert (result["value"], result["n"]) == (
+            pytest.approx(sum(c > r_ for c, r_ in zip(chosen, rejected)) / len(pairs)), len(pairs))
+    report = (tmp_path / "reports" / "rm-loop.md").read_text()
+    assert "reward-model accuracy (labels so far)" in report
+    summary = json.loads((tmp_path / "reports" / "rm-loop.json").read_text())
+    assert summary["per_round"][2]["reward_accuracy"]["n"] == len(pairs)
 
 
 @pytest.mark.slow

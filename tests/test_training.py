@@ -439,6 +439,23 @@ def test_configs_load_and_the_command_line_overrides_them(tmp_path):
         build(dpo.DPOTrainConfig, tmp_path / "bad.yaml")
 
 
+def test_every_command_prints_its_help(capsys):
+    """`prefloop COMMAND --help` for every command: argparse formats help with %, so a field's help that says "50%"
+    once made `loop-sim --help` crash."""
+    from training.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"loop-sim", "train-dpo", "train-rm", "eval", "generate"} <= set(commands)
+    for name, command in commands.items():
+        command.format_help()  # raises on a stray %
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["loop-sim", "--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "the base model's: ~50%)" in printed and "--reward-model" in printed
+
+
 def test_cli_train_dpo_with_an_ipo_loss(tiny_model_dir, tmp_path, db_path, capsys):
     from training.cli import main
 

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             dest=f.name,
             default=None,
             metavar=_base_type(hints[f.name])[0].__name__.upper(),
-            help=f"{f.metadata.get('help', '')} [{default}]",
+            help=f"{f.metadata.get('help', '')} [{default}]".replace("%", "%%"),  # argparse formats help with %
         )
 
 

@@ -21,6 +21,7 @@ TABLE_METRICS = [
     ("heldout_accuracy", "held-out preference accuracy"),
     ("heldout_accuracy_per_token", "held-out accuracy per token"),
     ("heldout_accuracy_vs_reference", "held-out accuracy vs the round's reference"),
+    ("reward_accuracy", "reward-model accuracy (labels so far)"),
     ("kl_to_base", "KL to base (nats/response)"),
     ("response_length", "length (tokens)"),
 ]
@@ -28,14 +29,16 @@ TABLE_METRICS = [
 
 def report_rows(store, state, last: int) -> list[dict]:
     """Per round 0..last: its checkpoint and the newest stored result of each table metric (None where there is
-    none)."""
+    none); the reward-model accuracy is that of the reward model trained on the labels of the rounds before."""
     results = store.list_eval_results()
     rows = []
     for r in range(last + 1):
         checkpoint_id = state.get(f"round-{r}/start")["checkpoint_id"]
+        reward = state.get(f"round-{r - 1}/reward") if r > 0 else None
         row = {"round": r, "checkpoint": checkpoint_id}
         for metric, _ in TABLE_METRICS:
-            found = [x for x in results if x["checkpoint_id"] == checkpoint_id and x["metric"] == metric]
+            owner = (reward or {}).get("checkpoint_id") if metric == "reward_accuracy" else checkpoint_id
+            found = [x for x in results if x["checkpoint_id"] == owner and x["metric"] == metric]
             row[metric] = found[-1] if found else None
         rows.append(row)
     return rows
@@ -48,10 +51,12 @@ def _cell(result: dict | None) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "| round | checkpoint | " + " | ".join(title for _, title in TABLE_METRICS) + " |"
-    lines = [header, "|" + " --- |" * (len(TABLE_METRICS) + 2)]
+    """One row per round; a metric no round has (the reward model's, in a loop without one) gets no column."""
+    metrics = [(metric, title) for metric, title in TABLE_METRICS if any(row[metric] for row in rows)]
+    header = "| round | checkpoint | " + " | ".join(title for _, title in metrics) + " |"
+    lines = [header, "|" + " --- |" * (len(metrics) + 2)]
     for row in rows:
-        cells = [_cell(row[metric]) for metric, _ in TABLE_METRICS]
+        cells = [_cell(row[metric]) for metric, _ in metrics]
         lines.append(f"| {row['round']} | {row['checkpoint']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -208,8 +213,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     panels = [
         (("judge_win_rate_vs_round0", "judge_win_rate_vs_previous"), "win rate", axes[0]),
-        (("heldout_accuracy", "heldout_accuracy_per_token", "heldout_accuracy_vs_reference"), "held-out accuracy",
-         axes[1]),
+        (("heldout_accuracy", "heldout_accuracy_per_token", "heldout_accuracy_vs_reference", "reward_accuracy"),
+         "held-out accuracy", axes[1]),
         (("kl_to_base",), "nats per response", axes[2]),
         (("response_length",), "tokens", axes[3]),
     ]
@@ -228,7 +233,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("round")
         ax.set_ylabel(unit)
         ax.set_xticks([row["round"] for row in rows])
-        ax.legend(fontsize=7)
+        if ax.lines:  # a panel with nothing measured (no reward model, no win rate yet) gets no empty legend
+            ax.legend(fontsize=7)
     for ax in axes[:2]:
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     fig.suptitle(title, fontsize=9)

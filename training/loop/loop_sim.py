@@ -68,6 +68,13 @@ class LoopConfig:
         "optimizer steps of each round's DPO run whatever the number of labels (its min_steps and max_steps; 0: as "
         "dpo_config says): a round of few decisive pairs still moves the policy, one of many does not overshoot",
     )
+    reward_model: bool = opt(
+        False,
+        "train a reward model on each round's export before its DPO run: generation's auto selection then shows the "
+        "next round's annotators its highest- against its lowest-scored sample, and the report gives its held-out "
+        "accuracy per round (round r: the model of the labels of rounds 0..r-1)",
+    )
+    reward_config: str = opt("configs/reward.yaml", "YAML of each round's reward model (with reward_model)")
     generate_config: str = opt("configs/generate.yaml", "YAML of candidate generation (decoding, the engine)")
     dpo_config: str = opt("configs/dpo.yaml", "YAML of each round's DPO run: the recipe `make train-dpo` uses")
     eval_config: str = opt("", "YAML of the evaluation (empty: EvalConfig's defaults, 200 prompts x 4 samples)")
@@ -191,6 +198,8 @@ def _run_round(store: Store, config: LoopConfig, state: LoopState, judge, r: int
 
     state.run(f"round-{r}/judge", judge_round)
     state.run(f"round-{r}/export", lambda: _export(store, config, r, round_id))
+    if config.reward_model:
+        state.run(f"round-{r}/reward", lambda: _train_reward(store, config, r, state))
     trained = state.run(f"round-{r}/train", lambda: _train(store, config, r, state))
     state.run(f"round-{r}/health", lambda: _check_health(store, config, trained["checkpoint_id"], log))
 
@@ -212,6 +221,7 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
     from training.loop.generation import GenerateConfig, generate
 
     produced = prompts = responses = 0
+    selection = ""
     while (missing := wanted - store.count_pairs(round_id, split, "samples")) > 0:
         # A quarter more prompts than pairs missing: some prompts' samples allow no pair.
         overrides = dict(num_prompts=math.ceil(missing * 1.25), seed=config.seed, round=round_id, split=split,
@@ -224,13 +234,14 @@ def _generate(store: Store, config: LoopConfig, round_id: int, split: str, wante
             log(f"round {round_id}: {exc}; {wanted - missing} of {wanted} {split} pairs")
             break
         produced, prompts, responses = produced + summary.pairs, prompts + summary.prompts, responses + summary.responses
+        selection = summary.selection
         log(f"round {round_id} {split}: {summary.pairs} pairs from {summary.prompts} prompts "
             f"({summary.unpaired_prompts} without a pair, {summary.truncated} responses cut off) in {summary.seconds:.0f} s")
         if summary.pairs == 0:  # nothing this model samples makes a pair (all cut off, say): more prompts won't help
             log(f"round {round_id}: no {split} pair from {summary.prompts} prompts; {wanted - missing} of {wanted}")
             break
     return {"pairs": store.count_pairs(round_id, split, "samples"), "new_pairs": produced, "prompts": prompts,
-            "responses": responses}
+            "responses": responses, "selection": selection}
 
 
 def _export(store: Store, config: LoopConfig, r: int, round_id: int) -> dict:
@@ -263,6 +274,20 @@ def _train(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
     last = result.metrics.get("last_log", {})
     metrics |= {k: v for k, v in last.items() if k.startswith("rewards/")}
     return {"checkpoint_id": result.checkpoint_id, "metrics": metrics}
+
+
+def _train_reward(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
+    """A reward model of the round's export (the labels DPO learns from next), from the base model."""
+    from training.algorithms.reward import RewardTrainConfig, train
+
+    output_dir = Path("checkpoints") / config.name / f"round-{r}" / "reward"
+    overrides = dict(export=state.get(f"round-{r}/export")["export"], output_dir=str(output_dir),
+                     parent=state.get("round-0/start")["checkpoint_id"], backend=config.backend)
+    reward_config = build(RewardTrainConfig, _yaml(config.reward_config), overrides)
+    resume = any(output_dir.glob("checkpoint-*"))
+    result = train(store, reward_config, resume=resume, overwrite=not resume)
+    keep = ("train_loss", "global_step", "train_runtime", "heldout_accuracy", "heldout_pairs")
+    return {"checkpoint_id": result.checkpoint_id, "metrics": {k: result.metrics[k] for k in keep if k in result.metrics}}
 
 
 def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> dict:
@@ -316,7 +341,9 @@ def _evaluate(
 
     def evaluate_round(r: int) -> dict:
         checkpoint = checkpoints[r]
-        evaluate(store, eval_config, [checkpoint], log, evaluator)
+        reward = state.get(f"round-{r - 1}/reward") if r > 0 else None  # the labels of rounds 0..r-1
+        reward_models = [store.get_checkpoint(reward["checkpoint_id"])] if reward else []
+        evaluate(store, eval_config, [checkpoint, *reward_models], log, evaluator)
         rows = []
         comparisons = [("judge_win_rate_vs_round0", 0), ("judge_win_rate_vs_previous", r - 1)] if r > 0 else []
         for metric, other in comparisons:
