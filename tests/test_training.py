@@ -447,7 +447,7 @@ def test_every_command_prints_its_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert {"loop-sim", "train-dpo", "train-rm", "eval", "generate"} <= set(commands)
-    for name, command in commands.items():
+    for command in commands.values():
         command.format_help()  # raises on a stray %
     with pytest.raises(SystemExit) as exited:
         parser.parse_args(["loop-sim", "--help"])
