@@ -229,6 +229,7 @@ def test_a_loop_with_a_reward_model_picks_pairs_by_it_and_reports_its_accuracy(s
     config = build(LoopConfig, None, dict(
         name="rm-loop", rounds=2, judge="training.loop.judges:shorter", prompts_file=str(SEEDS), pairs_per_round=24,
         heldout_pairs=16, health_prompts=8, dpo_steps=8, reward_model=True, reward_config=str(tmp_path / "reward.yaml"),
+        reward_min_steps=6,
         report_dir=str(tmp_path / "reports"), **scaled_down_recipe(tmp_path),
     ))
     rows = run_loop(store, config, log=lambda *_: None)
@@ -254,6 +255,9 @@ def test_a_loop_with_a_reward_model_picks_pairs_by_it_and_reports_its_accuracy(s
     assert "reward-model accuracy (labels so far)" in report
     summary = json.loads((tmp_path / "reports" / "rm-loop.json").read_text())
     assert summary["per_round"][2]["reward_accuracy"]["n"] == len(pairs)
+    # Each reward model ran at least reward_min_steps steps however few its pairs, and the summary keeps its run.
+    assert [summary["reward_models"][str(r)]["metrics"]["global_step"] >= 6 for r in (0, 1)] == [True, True]
+    assert summary["reward_models"]["0"]["checkpoint_id"] == reward_models[0]["id"]
 
 
 @pytest.mark.slow

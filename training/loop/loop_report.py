@@ -142,6 +142,9 @@ def summary(config, state, rows: list[dict], stopped: str | None = None, evaluat
             for r in range(config.rounds)
             if state.get(f"round-{r}/train")
         },
+        "reward_models": {
+            r: state.get(f"round-{r}/reward") for r in range(config.rounds) if state.get(f"round-{r}/reward")
+        },
         "health": {r: state.get(f"round-{r}/health") for r in range(config.rounds) if state.get(f"round-{r}/health")},
         "seconds": state.seconds,
         "config": state.data["config"],

@@ -75,6 +75,11 @@ class LoopConfig:
         "accuracy per round (round r: the model of the labels of rounds 0..r-1)",
     )
     reward_config: str = opt("configs/reward.yaml", "YAML of each round's reward model (with reward_model)")
+    reward_min_steps: int = opt(
+        32,
+        "at least this many optimizer steps of each round's reward model (its min_steps; 0: as reward_config says): "
+        "a sparse judge's first round leaves it some 35 decisive pairs, 5 steps of one epoch",
+    )
     generate_config: str = opt("configs/generate.yaml", "YAML of candidate generation (decoding, the engine)")
     dpo_config: str = opt("configs/dpo.yaml", "YAML of each round's DPO run: the recipe `make train-dpo` uses")
     eval_config: str = opt("", "YAML of the evaluation (empty: EvalConfig's defaults, 200 prompts x 4 samples)")
@@ -283,6 +288,8 @@ def _train_reward(store: Store, config: LoopConfig, r: int, state: LoopState) ->
     output_dir = Path("checkpoints") / config.name / f"round-{r}" / "reward"
     overrides = dict(export=state.get(f"round-{r}/export")["export"], output_dir=str(output_dir),
                      parent=state.get("round-0/start")["checkpoint_id"], backend=config.backend)
+    if config.reward_min_steps:
+        overrides["min_steps"] = config.reward_min_steps
     reward_config = build(RewardTrainConfig, _yaml(config.reward_config), overrides)
     resume = any(output_dir.glob("checkpoint-*"))
     result = train(store, reward_config, resume=resume, overwrite=not resume)
