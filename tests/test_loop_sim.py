@@ -225,11 +225,11 @@ def test_a_loop_with_a_reward_model_picks_pairs_by_it_and_reports_its_accuracy(s
     monkeypatch.setenv("MODEL", str(chat_model_dir))
     (tmp_path / "reward.yaml").write_text(yaml.safe_dump(dict(
         per_device_train_batch_size=8, gradient_accumulation_steps=1, max_length=256, learning_rate=1e-3,
-        num_train_epochs=2, report_to=["none"])))
+        num_train_epochs=1, report_to=["none"])))
     config = build(LoopConfig, None, dict(
         name="rm-loop", rounds=2, judge="training.loop.judges:shorter", prompts_file=str(SEEDS), pairs_per_round=24,
         heldout_pairs=16, health_prompts=8, dpo_steps=8, reward_model=True, reward_config=str(tmp_path / "reward.yaml"),
-        reward_min_steps=6,
+        reward_min_steps=10,  # one epoch of its 24-30 pairs is 3-4 steps of 8
         report_dir=str(tmp_path / "reports"), **scaled_down_recipe(tmp_path),
     ))
     rows = run_loop(store, config, log=lambda *_: None)
@@ -256,7 +256,7 @@ def test_a_loop_with_a_reward_model_picks_pairs_by_it_and_reports_its_accuracy(s
     summary = json.loads((tmp_path / "reports" / "rm-loop.json").read_text())
     assert summary["per_round"][2]["reward_accuracy"]["n"] == len(pairs)
     # Each reward model ran at least reward_min_steps steps however few its pairs, and the summary keeps its run.
-    assert [summary["reward_models"][str(r)]["metrics"]["global_step"] >= 6 for r in (0, 1)] == [True, True]
+    assert min(summary["reward_models"][str(r)]["metrics"]["global_step"] for r in (0, 1)) >= 10
     assert summary["reward_models"]["0"]["checkpoint_id"] == reward_models[0]["id"]
 
 

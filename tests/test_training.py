@@ -271,8 +271,10 @@ def test_reward_model_scores_the_last_real_token_of_a_padded_sequence(reward_run
 
 def test_sft_on_the_chosen_responses_lowers_the_loss(tiny_model_dir, tmp_path, store):
     register_export(store, tmp_path, "sft-export")
-    result = sft.train(store, tiny(sft.SFTTrainConfig, tiny_model_dir, tmp_path / "sft", learning_rate=1e-2))
+    config = tiny(sft.SFTTrainConfig, tiny_model_dir, tmp_path / "sft", learning_rate=1e-2, max_steps=-1, min_steps=12)
+    result = sft.train(store, config)
     assert result.metrics["last_loss"] < result.metrics["first_loss"] - 0.1
+    assert result.metrics["global_step"] >= 12  # min_steps: more passes over a small export
     assert "eval_loss" in result.metrics["eval"]
     assert_only_adapter_changed(result.trainer.model, tiny_model_dir)
     checkpoint = store.get_checkpoint(result.checkpoint_id)

@@ -42,7 +42,7 @@ calls that head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from store import Store
@@ -53,11 +53,11 @@ from training.algorithms.run import (
     TrainResult,
     base_model_of,
     choose_parent,
-    epochs_for,
     load_export,
     require_columns,
     round_of,
     trl_config,
+    with_min_steps,
 )
 from training.config import opt
 from training.model_source import resolve_model
@@ -121,10 +121,7 @@ def train(
     export, data = load_export(store, config.export)
     for split in data:
         require_columns(data[split], PREFERENCE_COLUMNS, f"export {export['name']!r}, split {split}")
-    epochs = epochs_for(config, len(data["train"]))
-    if epochs != config.num_train_epochs:
-        print(f"{len(data['train'])} pairs: {epochs:.2f} epochs for at least {config.min_steps} optimizer steps")
-        config = replace(config, num_train_epochs=epochs)
+    config = with_min_steps(config, len(data["train"]))
     parent = choose_parent(store, config.parent)
     base_model = base_model_of(config, parent)
     adapter_path = parent["adapter_path"] if parent else None

@@ -32,6 +32,7 @@ from training.algorithms.run import (
     require_columns,
     round_of,
     trl_config,
+    with_min_steps,
 )
 from training.config import opt
 from training.model_source import resolve_model
@@ -53,6 +54,7 @@ def train(
     columns = PREFERENCE_COLUMNS + (("margin",) if config.use_margin else ())
     for split in data:
         require_columns(data[split], columns, f"export {export['name']!r}, split {split}")
+    config = with_min_steps(config, len(data["train"]))
     # A reward model starts from a base model; a policy parent only says which base model.
     parent = choose_parent(store, config.parent) if config.parent is not None else None
     base_model = base_model_of(config, parent)

@@ -20,7 +20,7 @@ import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,16 @@ def epochs_for(config: TrainConfig, rows: int) -> float:
         return config.num_train_epochs
     steps_per_epoch = math.ceil(rows / (config.per_device_train_batch_size * config.gradient_accumulation_steps))
     return max(config.num_train_epochs, config.min_steps / steps_per_epoch)
+
+
+def with_min_steps(config: TrainConfig, rows: int, what: str = "pairs") -> TrainConfig:
+    """The config, its num_train_epochs raised (epochs_for) where `rows` examples would give fewer than min_steps
+    optimizer steps; a raise is printed."""
+    epochs = epochs_for(config, rows)
+    if epochs == config.num_train_epochs:
+        return config
+    print(f"{rows} {what}: {epochs:.2f} epochs for at least {config.min_steps} optimizer steps")
+    return replace(config, num_train_epochs=epochs)
 
 
 def require_columns(dataset, columns: tuple[str, ...], source: str) -> None:

@@ -29,6 +29,7 @@ from training.algorithms.run import (
     require_columns,
     round_of,
     trl_config,
+    with_min_steps,
 )
 from training.config import opt
 from training.model_source import resolve_model
@@ -92,6 +93,7 @@ def train(
     store: Store, config: SFTTrainConfig, resume: bool = False, overwrite: bool = False, callbacks: tuple = ()
 ) -> TrainResult:
     export, train_set, test_set = sft_datasets(store, config)
+    config = with_min_steps(config, len(train_set), "examples")
     parent = choose_parent(store, config.parent) if config.parent is not None else None
     base_model = base_model_of(config, parent)
     adapter_path = parent["adapter_path"] if parent else None
