@@ -34,7 +34,7 @@ def report_rows(store, state, last: int) -> list[dict]:
     rows = []
     for r in range(last + 1):
         checkpoint_id = state.get(f"round-{r}/start")["checkpoint_id"]
-        reward = state.get(f"round-{r - 1}/reward") if r > 0 else None
+        reward = state.reward_model_for(r)
         row = {"round": r, "checkpoint": checkpoint_id}
         for metric, _ in TABLE_METRICS:
             owner = (reward or {}).get("checkpoint_id") if metric == "reward_accuracy" else checkpoint_id

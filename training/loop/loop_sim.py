@@ -116,6 +116,10 @@ class LoopState:
     def get(self, stage: str):
         return self.data["stages"].get(stage)
 
+    def reward_model_for(self, r: int) -> dict | None:
+        """The reward model stage whose model learned the labels of rounds 0..r-1 (None for round 0 or without one)."""
+        return self.get(f"round-{r - 1}/reward") if r > 0 else None
+
     def run(self, stage: str, work):
         """The stage's recorded result, or `work()`'s, recorded with its wall time."""
         if not self.done(stage):
@@ -262,39 +266,41 @@ def _export(store: Store, config: LoopConfig, r: int, round_id: int) -> dict:
 def _train(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
     from training.algorithms.dpo import DPOTrainConfig, train  # before transformers: Unsloth patches it on import
 
-    output_dir = Path("checkpoints") / config.name / f"round-{r}" / "dpo"
     overrides = dict(
         export=state.get(f"round-{r}/export")["export"],
         parent=state.get(f"round-{r}/start")["checkpoint_id"],
-        output_dir=str(output_dir),
+        output_dir=str(Path("checkpoints") / config.name / f"round-{r}" / "dpo"),
         backend=config.backend,
     )
     if config.dpo_steps:
         overrides |= dict(min_steps=config.dpo_steps, max_steps=config.dpo_steps)
-    dpo_config = build(DPOTrainConfig, _yaml(config.dpo_config), overrides)
-    resume = any(output_dir.glob("checkpoint-*"))  # an interrupted run left a trainer checkpoint to continue
-    result = train(store, dpo_config, resume=resume, overwrite=not resume)
     keep = ("train_loss", "first_loss", "last_loss", "global_step", "train_runtime", "heldout_reward_accuracy")
-    metrics = {k: result.metrics[k] for k in keep if k in result.metrics}
+    result, trained = _run_trainer(store, train, build(DPOTrainConfig, _yaml(config.dpo_config), overrides), keep)
     last = result.metrics.get("last_log", {})
-    metrics |= {k: v for k, v in last.items() if k.startswith("rewards/")}
-    return {"checkpoint_id": result.checkpoint_id, "metrics": metrics}
+    trained["metrics"] |= {k: v for k, v in last.items() if k.startswith("rewards/")}
+    return trained
 
 
 def _train_reward(store: Store, config: LoopConfig, r: int, state: LoopState) -> dict:
     """A reward model of the round's export (the labels DPO learns from next), from the base model."""
     from training.algorithms.reward import RewardTrainConfig, train
 
-    output_dir = Path("checkpoints") / config.name / f"round-{r}" / "reward"
-    overrides = dict(export=state.get(f"round-{r}/export")["export"], output_dir=str(output_dir),
-                     parent=state.get("round-0/start")["checkpoint_id"], backend=config.backend)
+    overrides = dict(export=state.get(f"round-{r}/export")["export"], parent=state.get("round-0/start")["checkpoint_id"],
+                     output_dir=str(Path("checkpoints") / config.name / f"round-{r}" / "reward"),
+                     backend=config.backend)
     if config.reward_min_steps:
         overrides["min_steps"] = config.reward_min_steps
-    reward_config = build(RewardTrainConfig, _yaml(config.reward_config), overrides)
-    resume = any(output_dir.glob("checkpoint-*"))
-    result = train(store, reward_config, resume=resume, overwrite=not resume)
     keep = ("train_loss", "global_step", "train_runtime", "heldout_accuracy", "heldout_pairs")
-    return {"checkpoint_id": result.checkpoint_id, "metrics": {k: result.metrics[k] for k in keep if k in result.metrics}}
+    return _run_trainer(store, train, build(RewardTrainConfig, _yaml(config.reward_config), overrides), keep)[1]
+
+
+def _run_trainer(store: Store, train, train_config, keep: tuple[str, ...]) -> tuple:
+    """(the run's result, the stage's record: its checkpoint and the metrics named in `keep`). A run interrupted
+    before left a trainer checkpoint in its output_dir: it is continued, not started over."""
+    resume = any(Path(train_config.output_dir).glob("checkpoint-*"))
+    result = train(store, train_config, resume=resume, overwrite=not resume)
+    metrics = {k: result.metrics[k] for k in keep if k in result.metrics}
+    return result, {"checkpoint_id": result.checkpoint_id, "metrics": metrics}
 
 
 def _check_health(store: Store, config: LoopConfig, checkpoint_id: int, log) -> dict:
@@ -348,7 +354,7 @@ def _evaluate(
 
     def evaluate_round(r: int) -> dict:
         checkpoint = checkpoints[r]
-        reward = state.get(f"round-{r - 1}/reward") if r > 0 else None  # the labels of rounds 0..r-1
+        reward = state.reward_model_for(r)
         reward_models = [store.get_checkpoint(reward["checkpoint_id"])] if reward else []
         evaluate(store, eval_config, [checkpoint, *reward_models], log, evaluator)
         rows = []
